@@ -1,0 +1,68 @@
+# Progressive delivery of scikit-learn models on MLServer / Seldon Core.
+# `make demo` and `make test` set everything up themselves; `make help` lists the targets.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+MODELS  ?= models
+STAMP   := $(VENV)/.installed-stamp
+
+# Python 3.12 exactly (seldon-core 1.19 needs >=3.12, mlserver 1.7 needs <3.13):
+# first a python3.12 on PATH that really runs (a pyenv shim may not), then pyenv's versions.
+define find_python312
+for c in "$$(command -v python3.12 2>/dev/null)" $$(ls -d "$$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)"/versions/3.12*/bin/python3.12 2>/dev/null); do \
+  if [ -n "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; then echo "$$c"; exit 0; fi; \
+done; exit 1
+endef
+PYTHON312 = $(shell $(find_python312))
+
+.PHONY: help setup lock models serve up down status demo test lint pytest manifests bench loadtest clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	@py="$(PYTHON312)"; if [ -z "$$py" ]; then \
+	  echo "error: Python 3.12 not found (seldon-core 1.19 needs >=3.12, mlserver 1.7 needs <3.13)."; \
+	  echo "  install it, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then re-run make."; \
+	  exit 1; fi; \
+	echo "using $$py"; \
+	[ -x $(BIN)/python ] || "$$py" -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## Create .venv with Python 3.12 and the pinned dependencies
+
+lock: ## Re-pin constraints.txt from a fresh resolve of pyproject.toml
+	rm -rf .lock-venv && "$(PYTHON312)" -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet '.[dev]'
+	{ head -3 constraints.txt; .lock-venv/bin/pip freeze | grep -vi '^serving'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
+
+models: $(STAMP) ## Train the model versions into models/ (deterministic)
+	$(BIN)/serving train --out $(MODELS)
+
+serve: models ## Serve every model version in one MLServer (REST 8080, gRPC 8081)
+	$(BIN)/serving serve --models $(MODELS)
+
+lint: $(STAMP) ## ruff and mypy on serving/
+	$(BIN)/ruff check serving tests loadtest
+	$(BIN)/mypy serving
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test: lint pytest ## Lint, then the whole test suite
+
+demo: models ## Run the local demo of the whole flow
+	$(BIN)/serving demo --models $(MODELS)
+
+bench: models ## Performance figures (MLServer defaults vs tuned settings)
+	$(BIN)/python -m serving.bench.mlserver_bench --models $(MODELS)
+
+clean: ## Remove the venv, trained models and reports
+	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache
+	find $(MODELS) -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +

@@ -1,0 +1,161 @@
+"""Start MLServer on our model folders, as a child process on chosen ports.
+
+The settings that matter for speed are explicit here (and measured in serving/bench):
+MLServer's defaults run inference in one separate worker process (parallel_workers=1) with no
+batching; `tuned()` runs inference in the server process and batches concurrent requests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, Field
+
+from .errors import ServingError
+
+
+class ServerSettings(BaseModel):
+    """The MLServer settings we choose per process (written to its settings.json)."""
+
+    http_port: int = 8080
+    grpc_port: int = 8081
+    metrics_port: int = 8082
+    host: str = "127.0.0.1"
+    parallel_workers: int = Field(
+        0, description="0 = inference in the server process; MLServer's default is 1 worker"
+    )
+    max_batch_size: int = Field(0, description="adaptive batching: requests per batch (0 = off)")
+    max_batch_time: float = Field(0.0, description="adaptive batching: seconds to wait for a batch")
+    debug: bool = False
+
+    @classmethod
+    def mlserver_defaults(cls, **ports: Any) -> ServerSettings:
+        return cls(parallel_workers=1, max_batch_size=0, max_batch_time=0.0, **ports)
+
+    @classmethod
+    def tuned(cls, **ports: Any) -> ServerSettings:
+        return cls(parallel_workers=0, max_batch_size=32, max_batch_time=0.001, **ports)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def mlserver_executable() -> str:
+    candidate = Path(sys.executable).with_name("mlserver")
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("mlserver")
+    if not found:
+        raise ServingError("the 'mlserver' command is not installed; run 'make setup'")
+    return found
+
+
+@dataclass
+class MLServerProcess:
+    """One MLServer child process serving the model folders under `model_root`."""
+
+    model_root: Path
+    settings: ServerSettings
+    extra_env: dict[str, str] = field(default_factory=dict)
+    log_path: Path | None = None
+    process: subprocess.Popen[bytes] | None = None
+    _workdir: Path | None = None
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.settings.host}:{self.settings.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"{self.settings.host}:{self.settings.grpc_port}"
+
+    def start(self) -> MLServerProcess:
+        # Each process gets its own metrics dir (MLServer's default is the working directory).
+        self._workdir = Path(tempfile.mkdtemp(prefix="mlserver-"))
+        s = self.settings
+        env = dict(os.environ)
+        # `mlserver start DIR` makes DIR the model repository, so settings go through MLServer's
+        # own environment variables rather than a settings.json inside the models folder.
+        env.update(
+            {
+                "MLSERVER_HOST": s.host,
+                "MLSERVER_HTTP_PORT": str(s.http_port),
+                "MLSERVER_GRPC_PORT": str(s.grpc_port),
+                "MLSERVER_METRICS_PORT": str(s.metrics_port),
+                "MLSERVER_PARALLEL_WORKERS": str(s.parallel_workers),
+                "MLSERVER_LOAD_MODELS_AT_STARTUP": "true",
+                "MLSERVER_DEBUG": str(s.debug).lower(),
+                "MLSERVER_METRICS_DIR": str(self._workdir),
+                # Batching is a per-model setting; MLServer fills unset model settings from these.
+                "MLSERVER_MODEL_MAX_BATCH_SIZE": str(s.max_batch_size),
+                "MLSERVER_MODEL_MAX_BATCH_TIME": str(s.max_batch_time),
+            }
+        )
+        env.update(self.extra_env)
+        log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [mlserver_executable(), "start", str(self.model_root.resolve())],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+    def wait_ready(self, models: list[str] | None = None, timeout: float = 60.0) -> None:
+        """Wait for server ready and, since MLServer is ready with no model loaded, each model."""
+        paths = ["/v2/health/ready"] + [f"/v2/models/{m}/ready" for m in models or []]
+        deadline = time.monotonic() + timeout
+        pending = list(paths)
+        while pending:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServingError(
+                    f"MLServer exited with code {self.process.returncode} while starting"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            try:
+                if httpx.get(self.rest_url + pending[0], timeout=1.0).status_code == 200:
+                    pending.pop(0)
+                    continue
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise ServingError(
+                    f"MLServer at {self.rest_url} not ready after {timeout:.0f}s ({pending[0]})"
+                    + (f"; see {self.log_path}" if self.log_path else "")
+                )
+            time.sleep(0.2)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process and self.process.poll() is None:
+            # MLServer's workers are in the same session: signal the whole group
+            try:
+                os.killpg(self.process.pid, 15)
+                self.process.wait(timeout)
+            except (subprocess.TimeoutExpired, ProcessLookupError):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, 9)
+                self.process.wait()
+        if self._workdir:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+    def __enter__(self) -> MLServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,269 @@
+"""The deployment spec: one typed model of the values file that drives both the Helm chart and the
+local stack (router + MLServer processes), validated once with the Seldon operator's own rules.
+
+The rules mirror Seldon Core v1.18.2's admission webhook (seldondeployment_webhook.go):
+  - predictor names are unique;
+  - when there is more than one non-shadow predictor, their traffic sums to 100;
+  - at most one shadow, and a shadow cannot be the only predictor;
+  - a prepackaged server (SKLEARN_SERVER) needs a modelUri.
+We add: traffic within 0..100 (the CRD allows any int32; the ingress does not).
+A shadow's `traffic` is the percentage of requests mirrored to it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from .errors import SpecError
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Values(BaseModel):
+    """Values keys are camelCase as in Helm and Seldon; unknown keys are refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+    )
+
+
+class Server(StrEnum):
+    CUSTOM = "custom"  # this project's runtime image (serving.runtime.VerifiedSKLearnModel)
+    SKLEARN_SERVER = "SKLEARN_SERVER"  # Seldon's prepackaged MLServer sklearn server
+
+
+class Resources(_Values):
+    requests: dict[str, str] = Field(default_factory=lambda: {"cpu": "250m", "memory": "512Mi"})
+    """Kubernetes resource requests of the model container."""
+    limits: dict[str, str] = Field(default_factory=lambda: {"memory": "1Gi"})
+    """Kubernetes resource limits of the model container."""
+
+
+class Hpa(_Values):
+    enabled: bool = False
+    """Give the predictor an hpaSpec (the operator creates a HorizontalPodAutoscaler)."""
+    min_replicas: Annotated[int, Field(ge=1)] = 1
+    """Lower bound of replicas under the autoscaler."""
+    max_replicas: Annotated[int, Field(ge=1)] = 3
+    """Upper bound of replicas under the autoscaler."""
+    cpu_target_utilization: Annotated[int, Field(ge=1, le=100)] = 70
+    """Average CPU utilisation (percent of requests) the autoscaler aims for."""
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Hpa:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) is below minReplicas ({self.min_replicas}); "
+                "raise maxReplicas"
+            )
+        return self
+
+
+class Pdb(_Values):
+    enabled: bool = False
+    """Give the predictor a pdbSpec (the operator creates a PodDisruptionBudget)."""
+    min_available: Annotated[int, Field(ge=0)] = 1
+    """Pods that must stay up during voluntary disruptions."""
+
+
+class Predictor(_Values):
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=40)]
+    """Predictor name (stable, canary, shadow ...); part of pod and metric names."""
+    version: Annotated[str, Field(min_length=1)]
+    """Model version served (models/<model>/<version> locally, the modelUri suffix on a cluster)."""
+    traffic: Annotated[int, Field(ge=0, le=100)] = 0
+    """Percent of requests; for the shadow, the percent of requests mirrored to it."""
+    shadow: bool = False
+    """A shadow gets a mirrored copy of requests; its answers never reach callers."""
+    replicas: Annotated[int, Field(ge=0)] = 1
+    """Model server replicas (pods on a cluster, processes locally)."""
+    server: Server = Server.CUSTOM
+    """custom = this project's runtime image; SKLEARN_SERVER = Seldon's prepackaged server."""
+    model_uri: str = ""
+    """Where the artifact folder is (s3://, gs://, pvc://); required for SKLEARN_SERVER."""
+    resources: Resources = Field(default_factory=Resources)
+    """Container resources."""
+    hpa: Hpa = Field(default_factory=Hpa)
+    """Autoscaling."""
+    pdb: Pdb = Field(default_factory=Pdb)
+    """Disruption budget."""
+
+
+class Deployment(_Values):
+    name: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = "breast-cancer"
+    """SeldonDeployment name: the <deployment> in /seldon/<namespace>/<deployment>/."""
+    namespace: Annotated[str, Field(pattern=DNS_LABEL, max_length=63)] = "models"
+    """Kubernetes namespace: the <namespace> in /seldon/<namespace>/<deployment>/."""
+
+
+class Model(_Values):
+    name: Annotated[str, Field(pattern=DNS_LABEL)] = "breast-cancer"
+    """The model name every predictor serves (/v2/models/<name>/infer)."""
+    storage_uri: str = "pvc://models/breast-cancer"
+    """On a cluster: modelUri of a predictor is <storageUri>/<version> unless it sets its own."""
+    local_repository: str = "models"
+    """Locally: the folder holding <model>/<version>/ artifacts (made by 'make models')."""
+
+
+class Shadowing(_Values):
+    max_in_flight: Annotated[int, Field(ge=1)] = 64
+    """Mirrored requests in flight at once; more are dropped and counted, never queued."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
+    """A mirrored request slower than this is abandoned and counted as failed."""
+    rtol: Annotated[float, Field(ge=0)] = 1e-6
+    """Relative tolerance when comparing numeric outputs (labels must match exactly)."""
+
+
+class RouterSettings(_Values):
+    host: str = "127.0.0.1"
+    """Address the local router listens on."""
+    port: Annotated[int, Field(ge=0, le=65535)] = 8003
+    """REST port (0 = any free port)."""
+    grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8004
+    """gRPC port (0 = any free port)."""
+    sticky_header: str = ""
+    """Request header whose value (a user id) keeps a caller on one predictor; empty = off."""
+    fallback_to_stable: bool = False
+    """When a predictor has no live replica, serve from the stable one instead of a 503."""
+    max_body_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
+    """Request bodies above this get 413."""
+    upstream_timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+    """Timeout for a forwarded request."""
+    admin_token_env: str = "SERVING_ADMIN_TOKEN"
+    """Environment variable holding the token the admin API requires; unset = changes refused."""
+    shadow: Shadowing = Field(default_factory=Shadowing)
+    """Mirroring limits."""
+
+
+class Spec(_Values):
+    """Root of the values file (charts/<chart>/values.yaml)."""
+
+    deployment: Deployment = Field(default_factory=Deployment)
+    model: Model = Field(default_factory=Model)
+    predictors: list[Predictor]
+    router: RouterSettings = Field(default_factory=RouterSettings)
+
+    @model_validator(mode="after")
+    def _seldon_rules(self) -> Spec:
+        errors = seldon_rule_violations(self.predictors)
+        if errors:
+            raise ValueError("\n".join(errors))
+        return self
+
+    # Convenience views used by the router and the rollout controller.
+    @property
+    def primaries(self) -> list[Predictor]:
+        return [p for p in self.predictors if not p.shadow]
+
+    @property
+    def shadow(self) -> Predictor | None:
+        return next((p for p in self.predictors if p.shadow), None)
+
+    def predictor(self, name: str) -> Predictor:
+        for p in self.predictors:
+            if p.name == name:
+                return p
+        raise SpecError(
+            f"no predictor named {name!r}; predictors are {[p.name for p in self.predictors]}",
+            status_code=404,
+        )
+
+    def effective_weights(self) -> dict[str, int]:
+        """Traffic per non-shadow predictor as the ingress applies it (a lone one gets 100)."""
+        primaries = self.primaries
+        if len(primaries) == 1:
+            return {primaries[0].name: 100}
+        return {p.name: p.traffic for p in primaries}
+
+
+def seldon_rule_violations(predictors: list[Predictor]) -> list[str]:
+    """The operator webhook's traffic rules; each message names the field and the fix."""
+    errors: list[str] = []
+    if not predictors:
+        return ["predictors: at least one predictor is required; add a stable predictor"]
+    seen: set[str] = set()
+    for i, p in enumerate(predictors):
+        if p.name in seen:
+            errors.append(
+                f"predictors[{i}].name: duplicate predictor name {p.name!r}; names must be unique"
+            )
+        seen.add(p.name)
+        if p.server is Server.SKLEARN_SERVER and not p.model_uri:
+            errors.append(
+                f"predictors[{i}].modelUri: required when server is SKLEARN_SERVER; set it to the "
+                "artifact folder (e.g. gs://bucket/breast-cancer/v1)"
+            )
+    primaries = [p for p in predictors if not p.shadow]
+    shadows = [p for p in predictors if p.shadow]
+    total = sum(p.traffic for p in primaries)
+    if len(primaries) > 1 and total != 100:
+        detail = " + ".join(f"{p.name} {p.traffic}" for p in primaries)
+        errors.append(
+            f"predictors[].traffic: non-shadow traffic must sum to 100 when there are several "
+            f"predictors, got {detail} = {total}; adjust the weights"
+        )
+    if len(shadows) > 1:
+        errors.append(
+            f"predictors[].shadow: at most one shadow predictor, got "
+            f"{[p.name for p in shadows]}; set shadow: false on all but one"
+        )
+    if shadows and not primaries:
+        errors.append(
+            "predictors[].shadow: a shadow cannot be the only predictor; add a non-shadow predictor"
+        )
+    return errors
+
+
+def _format_location(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_spec(values: dict[str, Any], source: str = "values") -> Spec:
+    """Validate a values mapping; SpecError lists every problem as `field: message`."""
+    try:
+        spec = Spec.model_validate(values)
+    except ValidationError as e:
+        lines: list[str] = []
+        for err in e.errors():
+            where = _format_location(err["loc"]) or "(root)"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key; remove it or check its spelling"
+            if not err["loc"]:  # cross-field rules already name their fields
+                lines.extend(f"  {m}" for m in msg.splitlines())
+            else:
+                lines.append(f"  {where}: {msg}")
+        raise SpecError(f"{source} is invalid:\n" + "\n".join(lines)) from None
+    return spec
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise SpecError(
+            f"{path} does not exist; pass a values file (e.g. charts/*/values.yaml)"
+        ) from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(values, dict):
+        raise SpecError(f"{path}: the top level must be a mapping of sections")
+    return parse_spec(values, source=str(path))
+
+
+def spec_to_values(spec: Spec) -> dict[str, Any]:
+    """The spec as values (camelCase), the shape the chart reads."""
+    return spec.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,68 @@
+"""Shared fixtures: trained artifacts in a temp folder, real MLServer processes on free ports."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from serving import training
+from serving.server import MLServerProcess, ServerSettings, free_port
+
+MODEL = training.MODEL_NAME
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """All model versions, trained once per test session (about half a second)."""
+    root = tmp_path_factory.mktemp("models")
+    training.train_all(root)
+    return root
+
+
+def free_ports() -> dict[str, int]:
+    return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+
+
+def start_mlserver(
+    model_dir: Path,
+    log_dir: Path,
+    settings: ServerSettings | None = None,
+    env: dict[str, str] | None = None,
+) -> MLServerProcess:
+    settings = settings or ServerSettings.tuned(**free_ports())
+    server = MLServerProcess(
+        model_dir,
+        settings,
+        extra_env=env or {},
+        log_path=log_dir / f"mlserver-{settings.http_port}.log",
+    )
+    server.start()
+    try:
+        server.wait_ready([MODEL])
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="module")
+def mlserver_v1(
+    models_root: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MLServerProcess]:
+    """One real MLServer serving breast-cancer v1 only."""
+    server = start_mlserver(models_root / MODEL / "v1", tmp_path_factory.mktemp("logs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def tampered_copy(models_root: Path, tmp_path: Path) -> Path:
+    """A copy of v1 whose model.joblib was changed after training."""
+    target = tmp_path / MODEL / "v1"
+    shutil.copytree(models_root / MODEL / "v1", target)
+    with (target / "model.joblib").open("ab") as f:
+        f.write(b"\x00tampered")
+    return target
