@@ -138,7 +138,8 @@ def serve(
             click.echo(f"  model {m.model} version {m.version}: {m.description}")
         click.echo("Ctrl-C to stop.")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        while server.process and server.process.poll() is None:
+        assert server.process is not None
+        while server.process.poll() is None:
             time.sleep(0.5)
         raise ServingError(f"MLServer exited with code {server.process.returncode}")
     except KeyboardInterrupt:
