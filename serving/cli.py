@@ -214,5 +214,17 @@ def predict(
         click.echo(f"  row {i}: {int(label)}{proba}")
 
 
+def _register(commands: list[click.Command]) -> None:
+    for command in commands:
+        main.add_command(command)
+
+
+# Each area keeps its commands next to its code; this file only assembles them.
+from .k8s.commands import COMMANDS as K8S_COMMANDS  # noqa: E402
+from .router.commands import COMMANDS as ROUTER_COMMANDS  # noqa: E402
+
+_register(K8S_COMMANDS)
+_register(ROUTER_COMMANDS)
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,1 @@
+"""The one-machine data plane: MLServer processes behind a router with Seldon's URLs and semantics."""
