@@ -6,33 +6,17 @@ is a bug and shows its traceback.
 
 from __future__ import annotations
 
-import functools
 import json
 import signal
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
 from . import artifacts, training
+from .cli_common import friendly_errors
 from .errors import ServingError
-
-DEFAULT_VALUES = "charts/seldon-model/values.yaml"
-
-
-def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except ServingError as e:
-            click.secho(f"error: {e.message}", fg="red", err=True)
-            sys.exit(e.exit_code)
-
-    return wrapper
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -29,7 +29,11 @@ class _Values(BaseModel):
     """Values keys are camelCase as in Helm and Seldon; unknown keys are refused."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=False
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=False,
+        use_attribute_docstrings=True,  # field docstrings become values.schema.json descriptions
     )
 
 
@@ -87,6 +91,8 @@ class Predictor(_Values):
     """custom = this project's runtime image; SKLEARN_SERVER = Seldon's prepackaged server."""
     model_uri: str = ""
     """Where the artifact folder is (s3://, gs://, pvc://); required for SKLEARN_SERVER."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment of the model server container (e.g. MLSERVER_* tuning, fault switches)."""
     resources: Resources = Field(default_factory=Resources)
     """Container resources."""
     hpa: Hpa = Field(default_factory=Hpa)
@@ -141,6 +147,65 @@ class RouterSettings(_Values):
     """Mirroring limits."""
 
 
+# Sections below only shape the Kubernetes side (charts/seldon-model); the local stack ignores them.
+
+
+class Image(_Values):
+    repository: Annotated[str, Field(min_length=1)] = "serving-runtime"
+    """This project's runtime image (the top-level Dockerfile), for custom predictors and helm test."""
+    tag: Annotated[str, Field(min_length=1)] = "0.1.0"
+    """Image tag; use an immutable tag (or digest) in production."""
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    """Kubernetes imagePullPolicy (IfNotPresent suits images loaded with 'kind load')."""
+
+
+class NetworkPolicySettings(_Values):
+    enabled: bool = True
+    """Admit traffic to model pods only from the ingress and Prometheus: MLServer's repository
+    load/unload endpoints have no authentication."""
+    ingress_namespace: Annotated[str, Field(pattern=DNS_LABEL)] = "istio-system"
+    """Namespace of the ingress (Istio or Ambassador) serving /seldon/<namespace>/<deployment>/."""
+    prometheus_namespace: Annotated[str, Field(pattern=DNS_LABEL)] = "monitoring"
+    """Namespace of the Prometheus that scrapes the executor and MLServer metrics."""
+
+
+class Monitor(_Values):
+    enabled: bool = False
+    """Render this prometheus-operator object (needs its CRDs in the cluster)."""
+    interval: Annotated[str, Field(pattern=r"^[0-9]+(ms|s|m|h)$")] = "15s"
+    """Scrape interval (Prometheus duration)."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels, e.g. release: kube-prometheus-stack, so the Prometheus selects it."""
+
+
+class Monitoring(_Values):
+    pod_monitor: Monitor = Field(default_factory=Monitor)
+    """PodMonitor: scrapes the executor and MLServer on every model pod (port 'metrics')."""
+    service_monitor: Monitor = Field(default_factory=Monitor)
+    """ServiceMonitor: scrapes the executor through the predictor Services (port 'http')."""
+
+
+class GrafanaDashboard(_Values):
+    enabled: bool = True
+    """Render the dashboard as a ConfigMap (rates, errors, latency quantiles, shadow agreement)."""
+    labels: dict[str, str] = Field(default_factory=lambda: {"grafana_dashboard": "1"})
+    """Labels the Grafana dashboard sidecar watches for."""
+
+
+class HelmTest(_Values):
+    enabled: bool = True
+    """Render the 'helm test' pod that sends one inference to the first non-shadow predictor."""
+
+
+class PodSecurity(_Values):
+    run_as_user: Annotated[int, Field(ge=1)] = 1000
+    """Numeric non-root user of the model containers (the Dockerfile's USER)."""
+    run_as_group: Annotated[int, Field(ge=1)] = 1000
+    """Primary group of the model containers."""
+    fs_group: Annotated[int, Field(ge=1)] = 1000
+    """Group owning mounted volumes (the model PVC)."""
+
+
 class Spec(_Values):
     """Root of the values file (charts/<chart>/values.yaml)."""
 
@@ -148,6 +213,12 @@ class Spec(_Values):
     model: Model = Field(default_factory=Model)
     predictors: list[Predictor]
     router: RouterSettings = Field(default_factory=RouterSettings)
+    image: Image = Field(default_factory=Image)
+    network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
+    helm_test: HelmTest = Field(default_factory=HelmTest)
+    pod_security: PodSecurity = Field(default_factory=PodSecurity)
 
     @model_validator(mode="after")
     def _seldon_rules(self) -> Spec:

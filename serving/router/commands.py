@@ -1,7 +1,179 @@
-"""CLI commands for the local stack (registered on `serving` by serving/cli.py)."""
+"""CLI commands for the local stack: up, down, status (registered on `serving` by serving/cli.py)."""
 
 from __future__ import annotations
 
-import click
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+import httpx
+
+from ..cli_common import DEFAULT_STATE_DIR, DEFAULT_VALUES, friendly_errors
+from ..errors import ServingError
+from ..server import ServerSettings
+from ..spec import load_spec
+from .stack import read_state, run_stack
+
+
+@click.command()
+@click.option(
+    "--values",
+    "values_path",
+    default=DEFAULT_VALUES,
+    show_default=True,
+    help="The deployment spec (the chart's values file).",
+)
+@click.option(
+    "--models",
+    "models_root",
+    default=None,
+    help="Model repository (default: model.localRepository from the values).",
+)
+@click.option(
+    "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--port", type=int, default=None, help="REST port (overrides router.port; 0=any).")
+@click.option("--grpc-port", type=int, default=None, help="gRPC port (overrides router.grpcPort).")
+@click.option("--defaults", is_flag=True, help="MLServer's default settings instead of tuned.")
+@click.option("-v", "--verbose", is_flag=True)
+@friendly_errors
+def up(
+    values_path: str,
+    models_root: str | None,
+    state_dir: Path,
+    port: int | None,
+    grpc_port: int | None,
+    defaults: bool,
+    verbose: bool,
+) -> None:
+    """Start the local stack: MLServer per predictor replica behind the router (Ctrl-C stops)."""
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    spec = load_spec(values_path)
+    overrides: dict[str, Any] = {}
+    if port is not None:
+        overrides["port"] = port
+    if grpc_port is not None:
+        overrides["grpc_port"] = grpc_port
+    if overrides:
+        spec = spec.model_copy(update={"router": spec.router.model_copy(update=overrides)})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        existing = read_state(state_dir)
+        if _pid_alive(int(existing["pid"])):
+            raise ServingError(
+                f"a local stack is already running (pid {existing['pid']}); "
+                "stop it with 'serving down'"
+            )
+    except ServingError as e:
+        if "already running" in e.message:
+            raise
+    root = Path(models_root or spec.model.local_repository)
+    settings = ServerSettings.mlserver_defaults() if defaults else ServerSettings.tuned()
+    run_stack(spec, root, state_dir, settings)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@click.command()
+@click.option(
+    "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
+)
+@friendly_errors
+def down(state_dir: Path) -> None:
+    """Stop the local stack started by 'serving up'."""
+    state = read_state(state_dir)
+    pid = int(state["pid"])
+    if not _pid_alive(pid):
+        (state_dir / "stack.json").unlink(missing_ok=True)
+        click.echo(f"stack (pid {pid}) was not running; cleaned up its state file")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        raise ServingError(f"stack (pid {pid}) did not stop within 30s; kill it with kill {pid}")
+    click.echo(f"stopped the local stack (pid {pid})")
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [
+        f"SeldonDeployment {status['namespace']}/{status['deployment']} "
+        f"(model {status['model']}, routes generation {status['routes']['generation']})",
+        f"{'PREDICTOR':<10} {'VERSION':<8} {'TRAFFIC':<16} {'REPLICAS':<12} "
+        f"{'REQUESTS':>9} {'ERRORS':>7}",
+    ]
+    counts = status["requests"]
+    for p in status["predictors"]:
+        live = sum(r["alive"] for r in p["replicas"])
+        restarts = sum(r["restarts"] for r in p["replicas"])
+        traffic = f"mirror {p['traffic']}%" if p["shadow"] else f"{p['traffic']}%"
+        health = f"{live}/{len(p['replicas'])} live" + (f" ({restarts}r)" if restarts else "")
+        c = counts.get(p["name"], {"requests": 0, "errors": 0})
+        lines.append(
+            f"{p['name']:<10} {p['version']:<8} {traffic:<16} {health:<12} "
+            f"{c['requests']:>9} {c['errors']:>7}"
+        )
+    shadow = status["shadow"]
+    agreement = shadow["agreement"]
+    if any(p["shadow"] for p in status["predictors"]):
+        rate = agreement["agreementRate"]
+        lines.append(
+            f"shadow: sent {shadow['sent']}, dropped {shadow['dropped']}, failed "
+            f"{shadow['failed']}, timeout {shadow['timeout']}, in flight {shadow['inFlight']}; "
+            f"agreement {'n/a' if rate is None else f'{rate:.1%}'} over "
+            f"{agreement['rowsCompared']} rows"
+        )
+        for d in agreement["recentDisagreements"][-3:]:
+            lines.append(f"  disagreed with {d['primary']}: {d['detail']}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option(
+    "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--cluster", is_flag=True, help="Show the SeldonDeployment on the cluster instead.")
+@click.option("--values", "values_path", default=DEFAULT_VALUES, show_default=True)
+@click.option("--context", default=None, help="kubeconfig context (with --cluster).")
+@click.option("--json", "as_json", is_flag=True)
+@friendly_errors
+def status(
+    state_dir: Path, cluster: bool, values_path: str, context: str | None, as_json: bool
+) -> None:
+    """Predictors, weights, health, request and error counts, shadow agreement."""
+    if cluster:
+        from ..k8s.status import cluster_status
+
+        click.echo(cluster_status(values_path, context=context))
+        return
+    state = read_state(state_dir)
+    try:
+        data = httpx.get(state["restUrl"] + "/admin/status", timeout=5).json()
+    except httpx.HTTPError as e:
+        raise ServingError(
+            f"router at {state['restUrl']} does not answer ({e}); is it "
+            "running? 'serving up' starts it"
+        ) from e
+    if as_json:
+        import json
+
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(format_status(data))
+
+
+COMMANDS: list[click.Command] = [up, down, status]

@@ -1,0 +1,125 @@
+"""Compare a shadow's answer with the primary's, row by row.
+
+Classifiers are compared on their labels (the `predict` output) exactly; numeric outputs of other
+models (regressors) within a relative tolerance. Probabilities of two different classifiers always
+differ a little, so they are not what "agreement" means.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from mlserver.codecs import NumpyCodec
+from mlserver.grpc import converters
+from mlserver.grpc import dataplane_pb2 as pb
+from mlserver.types import InferenceResponse
+
+LABEL_OUTPUT = "predict"
+EXACT_TYPES = {
+    "INT8",
+    "INT16",
+    "INT32",
+    "INT64",
+    "UINT8",
+    "UINT16",
+    "UINT32",
+    "UINT64",
+    "BOOL",
+    "BYTES",
+}
+
+
+def outputs_from_rest(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
+    response = InferenceResponse.model_validate(json.loads(body))
+    return {o.name: (o.datatype, NumpyCodec.decode_output(o)) for o in response.outputs}
+
+
+def outputs_from_grpc(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
+    message = pb.ModelInferResponse.FromString(body)
+    response = converters.ModelInferResponseConverter.to_types(message)
+    return {o.name: (o.datatype, NumpyCodec.decode_output(o)) for o in response.outputs}
+
+
+@dataclass
+class Comparison:
+    rows: int
+    agreed: int
+    detail: str = ""
+
+
+def compare(
+    primary: dict[str, tuple[str, np.ndarray]],
+    shadow: dict[str, tuple[str, np.ndarray]],
+    rtol: float,
+) -> Comparison:
+    if (
+        LABEL_OUTPUT in primary
+        and LABEL_OUTPUT in shadow
+        and primary[LABEL_OUTPUT][0] in EXACT_TYPES
+    ):
+        a = primary[LABEL_OUTPUT][1].reshape(len(primary[LABEL_OUTPUT][1]), -1)
+        b = shadow[LABEL_OUTPUT][1].reshape(len(shadow[LABEL_OUTPUT][1]), -1)
+        if a.shape != b.shape:
+            return Comparison(len(a), 0, f"label shapes differ: {a.shape} vs {b.shape}")
+        same = np.all(a == b, axis=1)
+    else:
+        names = sorted(set(primary) & set(shadow))
+        if not names:
+            return Comparison(1, 0, f"no common outputs: {sorted(primary)} vs {sorted(shadow)}")
+        rows = len(primary[names[0]][1])
+        same = np.ones(rows, dtype=bool)
+        for name in names:
+            a = primary[name][1].reshape(rows, -1)
+            b = shadow[name][1].reshape(len(shadow[name][1]), -1)
+            if a.shape != b.shape:
+                return Comparison(rows, 0, f"{name} shapes differ: {a.shape} vs {b.shape}")
+            if primary[name][0] in EXACT_TYPES:
+                same &= np.all(a == b, axis=1)
+            else:
+                same &= np.all(np.isclose(a, b, rtol=rtol, atol=1e-9), axis=1)
+    agreed = int(same.sum())
+    detail = ""
+    if agreed < len(same):
+        first = int(np.argmin(same))
+        detail = f"row {first}: primary {_row(primary, first)} vs shadow {_row(shadow, first)}"
+    return Comparison(len(same), agreed, detail)
+
+
+def _row(outputs: dict[str, tuple[str, np.ndarray]], i: int) -> dict[str, Any]:
+    return {name: np.asarray(arr[i]).tolist() for name, (_, arr) in sorted(outputs.items())}
+
+
+@dataclass
+class AgreementStats:
+    """Running agreement between the shadow and the primary, with a few recent disagreements."""
+
+    requests_compared: int = 0
+    rows_compared: int = 0
+    rows_agreed: int = 0
+    recent_disagreements: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5))
+
+    @property
+    def rate(self) -> float | None:
+        return self.rows_agreed / self.rows_compared if self.rows_compared else None
+
+    def add(self, result: Comparison, primary_predictor: str) -> None:
+        self.requests_compared += 1
+        self.rows_compared += result.rows
+        self.rows_agreed += result.agreed
+        if result.agreed < result.rows:
+            self.recent_disagreements.append(
+                {"primary": primary_predictor, "detail": result.detail}
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requestsCompared": self.requests_compared,
+            "rowsCompared": self.rows_compared,
+            "rowsAgreed": self.rows_agreed,
+            "agreementRate": self.rate,
+            "recentDisagreements": list(self.recent_disagreements),
+        }

@@ -1,0 +1,137 @@
+"""Model server replicas: one MLServer process per predictor replica, like pods of a predictor."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from ..errors import UpstreamUnavailable
+from ..server import MLServerProcess, ServerSettings, free_port
+from ..spec import Predictor
+
+logger = logging.getLogger("serving.router")
+
+
+@dataclass
+class Replica:
+    predictor: str
+    version: str
+    index: int
+    server: MLServerProcess
+    alive: bool = False
+    restarts: int = 0
+    _channel: grpc.aio.Channel | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.predictor}-{self.index}"
+
+    @property
+    def rest_url(self) -> str:
+        return self.server.rest_url
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.process.pid if self.server.process else None
+
+    def channel(self) -> grpc.aio.Channel:
+        # Created lazily inside the running event loop, reused for every call.
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.server.grpc_target)
+        return self._channel
+
+    async def close_channel(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+
+@dataclass
+class PredictorPool:
+    """The replicas of one predictor and the spec they were started from."""
+
+    predictor: Predictor
+    replicas: list[Replica]
+    in_flight: int = 0
+    _turn: itertools.count[int] = field(default_factory=itertools.count)
+
+    @property
+    def name(self) -> str:
+        return self.predictor.name
+
+    @property
+    def version(self) -> str:
+        return self.predictor.version
+
+    def live(self) -> list[Replica]:
+        return [r for r in self.replicas if r.alive]
+
+    def attempt_order(self) -> list[Replica]:
+        """Live replicas, round-robin: the first is tried, the next one is the retry."""
+        live = self.live()
+        if not live:
+            raise UpstreamUnavailable(
+                f"predictor {self.name!r} has no live replica ({len(self.replicas)} down); "
+                "it is being restarted, retry shortly"
+            )
+        start = next(self._turn) % len(live)
+        return live[start:] + live[:start]
+
+
+def same_deployment(a: Predictor, b: Predictor) -> bool:
+    """Whether a predictor can keep its running processes (only traffic changed)."""
+    keys = ("version", "replicas", "env", "model_uri", "server")
+    return all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def model_dir(models_root: Path, model: str, version: str) -> Path:
+    from ..artifacts import version_dir
+
+    return version_dir(models_root, model, version)
+
+
+async def start_pool(
+    predictor: Predictor, models_root: Path, model: str, log_dir: Path, settings: ServerSettings
+) -> PredictorPool:
+    """Start every replica of a predictor and wait until each has loaded the model."""
+    root = model_dir(models_root, model, predictor.version)
+    replicas = []
+    for i in range(predictor.replicas):
+        server_settings = settings.model_copy(
+            update={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+        )
+        server = MLServerProcess(
+            root,
+            server_settings,
+            extra_env=dict(predictor.env),
+            log_path=log_dir / f"{predictor.name}-{i}.log",
+        )
+        replicas.append(Replica(predictor.name, predictor.version, i, server))
+    pool = PredictorPool(predictor, replicas)
+    for r in replicas:
+        r.server.start()
+    try:
+        await asyncio.gather(*(asyncio.to_thread(r.server.wait_ready, [model]) for r in replicas))
+    except Exception:
+        await stop_pool(pool)
+        raise
+    for r in replicas:
+        r.alive = True
+        logger.info("replica %s (%s, pid %s) ready at %s", r.name, r.version, r.pid, r.rest_url)
+    return pool
+
+
+async def stop_pool(pool: PredictorPool, drain_timeout: float = 10.0) -> None:
+    """Wait for in-flight requests to finish, then stop the processes."""
+    deadline = asyncio.get_running_loop().time() + drain_timeout
+    while pool.in_flight and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    for r in pool.replicas:
+        r.alive = False
+        await r.close_channel()
+    await asyncio.gather(*(asyncio.to_thread(r.server.stop) for r in pool.replicas))

@@ -1,0 +1,158 @@
+"""REST front end: Seldon's Istio URLs (/seldon/<namespace>/<deployment>/...), prefix stripped,
+forwarded as raw bytes; plus /metrics and the admin API (in admin.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .compare import outputs_from_rest
+from .core import PREDICTOR_HEADER, RouterCore, UpstreamConnectError, error_status
+from .replicas import Replica
+
+HOP_BY_HOP = {
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    PREDICTOR_HEADER,
+}
+
+
+def service_of(tail: str) -> str:
+    """The `service` metric label, from the V2 path."""
+    if tail.endswith("/infer"):
+        return "infer"
+    if tail.endswith("/ready") or tail.startswith("v2/health"):
+        return "ready" if "ready" in tail else "live"
+    return "metadata"
+
+
+def json_error(status: int, message: str, predictor: str | None = None) -> web.Response:
+    headers = {PREDICTOR_HEADER: predictor} if predictor else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class RestFront:
+    def __init__(self, core: RouterCore, session: aiohttp.ClientSession) -> None:
+        self.core = core
+        self.session = session
+        self.sticky = core.settings.sticky_header.lower()
+        self.timeout = aiohttp.ClientTimeout(total=core.settings.upstream_timeout_seconds)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.route("*", "/seldon/{namespace}/{deployment}/{tail:.*}", self.handle),
+            web.get("/metrics", self.metrics),
+            web.get("/healthz", self.healthz),
+        ]
+
+    async def send(
+        self, replica: Replica, method: str, path: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, bytes, str]:
+        try:
+            async with self.session.request(
+                method, replica.rest_url + path, data=body, headers=headers, timeout=self.timeout
+            ) as resp:
+                return (
+                    resp.status,
+                    await resp.read(),
+                    resp.headers.get("content-type", "application/json"),
+                )
+        except (aiohttp.ClientConnectionError, ConnectionResetError) as e:
+            if isinstance(e, aiohttp.ServerTimeoutError):
+                raise
+            raise UpstreamConnectError(str(e) or type(e).__name__) from e
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        core = self.core
+        ns, dep = request.match_info["namespace"], request.match_info["deployment"]
+        if (ns, dep) != (core.namespace, core.deployment):
+            return json_error(
+                404,
+                f"no SeldonDeployment {ns}/{dep} here; this router serves "
+                f"/seldon/{core.namespace}/{core.deployment}/",
+            )
+        tail = request.match_info["tail"]
+        path = "/" + tail + (f"?{request.query_string}" if request.query_string else "")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(
+                413,
+                f"request body above {core.settings.max_body_bytes} bytes "
+                "(router.maxBodyBytes); send fewer rows per request",
+            )
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        service = service_of(tail)
+        try:
+            pool, _ = core.select(
+                request.headers.get(PREDICTOR_HEADER),
+                request.headers.get(self.sticky) if self.sticky else None,
+            )
+        except Exception as e:
+            status, message = error_status(e)
+            return json_error(status, message)
+
+        shadow_pool = core.shadow_pool() if service == "infer" else None
+        shadow_task = None
+        if shadow_pool is not None and shadow_pool is not pool:
+
+            async def mirrored(replica: Replica) -> bytes | None:
+                status, payload, _ = await self.send(replica, request.method, path, body, headers)
+                if status != 200:
+                    raise RuntimeError(f"shadow answered {status}")
+                return payload
+
+            shadow_task = core.mirror.launch(shadow_pool, mirrored)
+
+        started = time.perf_counter()
+        try:
+            (status, payload, content_type), pool = await core.call(
+                pool, lambda r: self.send(r, request.method, path, body, headers)
+            )
+        except Exception as e:
+            status, message = error_status(e)
+            core.observe(pool, service, request.method, str(status), started)
+            if shadow_task is not None and shadow_pool is not None:
+                core.mirror.compare_later(
+                    shadow_task, shadow_pool.name, None, pool.name, outputs_from_rest
+                )
+            return json_error(status, message, pool.name)
+        core.observe(pool, service, request.method, str(status), started)
+        if shadow_task is not None and shadow_pool is not None:
+            core.mirror.compare_later(
+                shadow_task,
+                shadow_pool.name,
+                payload if status == 200 else None,
+                pool.name,
+                outputs_from_rest,
+            )
+        return web.Response(
+            status=status,
+            body=payload,
+            headers={"content-type": content_type, PREDICTOR_HEADER: pool.name},
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        rate = self.core.mirror.stats.rate
+        shadow = self.core.state.routes.shadow
+        if shadow and rate is not None:
+            self.core.metrics.shadow_agreement.labels(self.core.deployment, shadow).set(rate)
+        for p in self.core.state.predictors:
+            self.core.metrics.shadow_in_flight.labels(self.core.deployment, p.name).set(
+                self.core.mirror.in_flight if p.shadow else 0
+            )
+        return web.Response(
+            body=generate_latest(self.core.metrics.registry),
+            headers={"content-type": CONTENT_TYPE_LATEST},
+        )
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        live = {name: len(pool.live()) for name, pool in self.core.state.pools.items()}
+        return web.Response(text=json.dumps({"live": live}), content_type="application/json")

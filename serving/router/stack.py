@@ -1,0 +1,263 @@
+"""The local stack: MLServer processes per predictor replica, supervised, behind the router.
+
+`LocalStack.run()` is what `serving up` executes: start every replica, wait until each has loaded
+its model, serve REST and gRPC, restart crashed replicas, and write a state file that tells other
+commands (status, down, rollout, loadtest) where everything is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+from aiohttp import web
+
+from ..errors import ServingError
+from ..server import ServerSettings
+from ..spec import Predictor, Spec, parse_spec, spec_to_values
+from .admin import AdminApi
+from .core import RouterCore
+from .grpc_front import GrpcFront
+from .replicas import PredictorPool, Replica, same_deployment, start_pool, stop_pool
+from .rest import RestFront
+from .traffic import updated_predictors
+
+logger = logging.getLogger("serving.router")
+logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are not news
+STATE_FILE = "stack.json"
+
+
+class LocalStack:
+    def __init__(
+        self,
+        spec: Spec,
+        models_root: Path,
+        state_dir: Path,
+        server_settings: ServerSettings | None = None,
+    ) -> None:
+        self.spec = spec
+        self.models_root = models_root
+        self.state_dir = state_dir
+        self.log_dir = state_dir / "logs"
+        self.server_settings = server_settings or ServerSettings.tuned()
+        self.admin_token = os.environ.get(spec.router.admin_token_env) or secrets.token_urlsafe(24)
+        self.core: RouterCore
+        self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._restarting: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def _start_pool(self, predictor: Predictor) -> PredictorPool:
+        return await start_pool(
+            predictor, self.models_root, self.spec.model.name, self.log_dir, self.server_settings
+        )
+
+    async def run(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        pools_list = await asyncio.gather(
+            *(self._start_pool(p) for p in self.spec.predictors), return_exceptions=True
+        )
+        failed = [e for e in pools_list if isinstance(e, BaseException)]
+        started = [p for p in pools_list if isinstance(p, PredictorPool)]
+        if failed:
+            await asyncio.gather(*(stop_pool(p) for p in started))
+            raise failed[0]
+        self.core = RouterCore(self.spec, {p.name: p for p in started})
+
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
+        )
+        app = web.Application(client_max_size=self.spec.router.max_body_bytes)
+        app.add_routes(RestFront(self.core, session).routes() + AdminApi(self).routes())
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        rs = self.spec.router
+        site = web.TCPSite(runner, rs.host, rs.port, reuse_address=True)
+        await site.start()
+        rest_port = runner.addresses[0][1]
+
+        grpc_server = grpc.aio.server()
+        grpc_server.add_generic_rpc_handlers((GrpcFront(self.core),))
+        grpc_port = grpc_server.add_insecure_port(f"{rs.host}:{rs.grpc_port}")
+        if grpc_port == 0:
+            raise ServingError(f"cannot listen for gRPC on {rs.host}:{rs.grpc_port}")
+        await grpc_server.start()
+
+        self._write_state(rest_port, grpc_port)
+        self._announce(rest_port, grpc_port)
+        monitor = asyncio.create_task(self._monitor())
+        try:
+            await self._stopping.wait()
+        finally:
+            logger.info("stopping: router, then model servers")
+            monitor.cancel()
+            await grpc_server.stop(grace=2)
+            await runner.cleanup()
+            await session.close()
+            await self.core.mirror.drain()
+            await asyncio.gather(
+                *(stop_pool(p, drain_timeout=2) for p in self.core.state.pools.values())
+            )
+            with contextlib.suppress(FileNotFoundError):
+                (self.state_dir / STATE_FILE).unlink()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _write_state(self, rest_port: int, grpc_port: int) -> None:
+        host = self.spec.router.host
+        d = self.spec.deployment
+        state = {
+            "pid": os.getpid(),
+            "restUrl": f"http://{host}:{rest_port}",
+            "seldonUrl": f"http://{host}:{rest_port}/seldon/{d.namespace}/{d.name}",
+            "grpcTarget": f"{host}:{grpc_port}",
+            "deployment": d.name,
+            "namespace": d.namespace,
+            "model": self.spec.model.name,
+            "adminToken": self.admin_token,
+            "logs": str(self.log_dir),
+        }
+        path = self.state_dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        # The token is in here: readable by this user only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f, indent=2)
+        os.replace(tmp, path)
+
+    def _announce(self, rest_port: int, grpc_port: int) -> None:
+        host = self.spec.router.host
+        d = self.spec.deployment
+        lines = [
+            f"router ready for SeldonDeployment {d.namespace}/{d.name}",
+            f"  REST   http://{host}:{rest_port}/seldon/{d.namespace}/{d.name}/v2/models/"
+            f"{self.spec.model.name}/infer",
+            f"  gRPC   {host}:{grpc_port}  metadata seldon={d.name} namespace={d.namespace}",
+            f"  admin  http://{host}:{rest_port}/admin/status   metrics /metrics",
+        ]
+        for p in self.spec.predictors:
+            role = f"shadow, mirrors {p.traffic}%" if p.shadow else f"traffic {p.traffic}%"
+            lines.append(
+                f"  predictor {p.name:<8} version {p.version}  {role}  replicas {p.replicas}"
+            )
+        print("\n".join(lines), flush=True)
+
+    # -- supervision ----------------------------------------------------------------------------
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            for pool in list(self.core.state.pools.values()):
+                for replica in pool.replicas:
+                    process = replica.server.process
+                    if (
+                        process is not None
+                        and process.poll() is not None
+                        and replica.name not in self._restarting
+                    ):
+                        self._restarting.add(replica.name)
+                        asyncio.create_task(self._restart(pool, replica, process.returncode))
+
+    async def _restart(self, pool: PredictorPool, replica: Replica, code: int | None) -> None:
+        replica.alive = False
+        replica.restarts += 1
+        self.core.metrics.restarts.labels(self.core.deployment, pool.name).inc()
+        print(
+            f"replica {replica.name} ({replica.version}, pid {replica.pid}) exited with code "
+            f"{code}; restarting (restart #{replica.restarts})",
+            flush=True,
+        )
+        try:
+            await replica.close_channel()
+            await asyncio.to_thread(replica.server.stop)
+            replica.server.start()
+            await asyncio.to_thread(replica.server.wait_ready, [self.spec.model.name])
+            replica.alive = True
+            print(f"replica {replica.name} is back (pid {replica.pid})", flush=True)
+        except ServingError as e:
+            print(f"replica {replica.name} failed to restart: {e.message}", flush=True)
+        finally:
+            self._restarting.discard(replica.name)
+
+    # -- changes (admin API, rollouts) ----------------------------------------------------------
+    async def set_traffic(
+        self, weights: dict[str, int] | None, mirror_percent: int | None
+    ) -> dict[str, object]:
+        async with self._lock:
+            predictors = updated_predictors(
+                list(self.core.state.predictors), weights, mirror_percent
+            )
+            pools = self.core.state.pools
+            for p in predictors:
+                pools[p.name].predictor = p
+            state = self.core.swap(predictors, pools)
+            logger.info("traffic now %s", state.routes.as_dict())
+            return state.routes.as_dict()
+
+    async def reconcile(self, raw_predictors: list[dict[str, Any]]) -> None:
+        """Make the running predictors match a new list: start what is new, switch traffic in one
+        step once everything new is ready, then drain and stop what is gone."""
+        async with self._lock:
+            values = spec_to_values(self.spec)
+            values["predictors"] = raw_predictors
+            new_spec = parse_spec(values, source="predictors")
+            current = self.core.state.pools
+            pools: dict[str, PredictorPool] = {}
+            retired: list[PredictorPool] = []
+            try:
+                for p in new_spec.predictors:
+                    old = current.get(p.name)
+                    if old is not None and same_deployment(old.predictor, p):
+                        old.predictor = p
+                        pools[p.name] = old
+                    else:
+                        pools[p.name] = await self._start_pool(p)
+                        if old is not None:
+                            retired.append(old)
+            except Exception:
+                for name, pool in pools.items():
+                    if current.get(name) is not pool:
+                        await stop_pool(pool)
+                raise
+            retired += [pool for name, pool in current.items() if name not in pools]
+            self.core.swap(list(new_spec.predictors), pools)
+            self.spec = new_spec
+            logger.info("predictors now %s", [f"{p.name}:{p.version}" for p in new_spec.predictors])
+        for pool in retired:
+            await stop_pool(pool)
+
+
+def read_state(state_dir: Path) -> dict[str, Any]:
+    path = state_dir / STATE_FILE
+    try:
+        return dict(json.loads(path.read_text()))
+    except FileNotFoundError:
+        raise ServingError(
+            f"no local stack is running ({path} not found); start one with 'serving up' "
+            "or 'make up'"
+        ) from None
+
+
+def run_stack(
+    spec: Spec, models_root: Path, state_dir: Path, server_settings: ServerSettings | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM (blocking)."""
+    import uvloop  # faster event loop; MLServer depends on it too
+
+    async def main() -> None:
+        stack = LocalStack(spec, models_root, state_dir, server_settings)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stack.stop)
+        await stack.run()
+
+    uvloop.run(main())

@@ -1,0 +1,153 @@
+"""Fixtures for the local stack: the real `serving up` process (router + MLServer replicas)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from serving import dataset
+
+ROWS = dataset.sample_rows(200, seed=11)
+
+
+@dataclass
+class Stack:
+    """A running `serving up`, with what the tests need to talk to it."""
+
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+    log: Path
+
+    @property
+    def state(self) -> dict[str, Any]:
+        return dict(json.loads((self.state_dir / "stack.json").read_text()))
+
+    @property
+    def seldon_url(self) -> str:
+        return str(self.state["seldonUrl"])
+
+    @property
+    def infer_url(self) -> str:
+        return f"{self.seldon_url}/v2/models/breast-cancer/infer"
+
+    @property
+    def admin(self) -> httpx.Client:
+        return httpx.Client(base_url=self.state["restUrl"], timeout=60,
+                            headers={"authorization": f"Bearer {self.state['adminToken']}"})
+
+    def status(self) -> dict[str, Any]:
+        return dict(httpx.get(self.state["restUrl"] + "/admin/status", timeout=10).json())
+
+    def set_weights(self, weights: dict[str, int], mirror: int | None = None) -> None:
+        body: dict[str, Any] = {"weights": weights}
+        if mirror is not None:
+            body["mirrorPercent"] = mirror
+        resp = self.admin.put("/admin/traffic", json=body)
+        assert resp.status_code == 200, resp.text
+
+    def replica_pid(self, predictor: str, index: int = 0) -> int:
+        for p in self.status()["predictors"]:
+            if p["name"] == predictor:
+                return int(p["replicas"][index]["pid"])
+        raise KeyError(predictor)
+
+    def wait_all_live(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(r["alive"] for p in self.status()["predictors"] for r in p["replicas"]):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"replicas not live after {timeout}s: {self.status()}")
+
+
+def infer_body(i: int = 0) -> dict[str, Any]:
+    row = ROWS[i % len(ROWS)]
+    return {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 30],
+                        "data": row.tolist()}]}
+
+
+def send_many(url: str, n: int, concurrency: int = 8,
+              headers: Any = None) -> list[tuple[int, str | None, dict[str, Any] | None]]:
+    """n inference requests, `concurrency` at a time; (status, served-by header, json body).
+    `headers` may be a dict or a function of the request index."""
+
+    async def run() -> list[tuple[int, str | None, dict[str, Any] | None]]:
+        results: list[tuple[int, str | None, dict[str, Any] | None]] = [(0, None, None)] * n
+        queue = iter(range(n))
+        async with httpx.AsyncClient(timeout=30) as client:
+            async def worker() -> None:
+                for i in queue:
+                    h = headers(i) if callable(headers) else headers
+                    try:
+                        r = await client.post(url, json=infer_body(i), headers=h)
+                        body = r.json() if r.headers.get("content-type", "").startswith(
+                            "application/json") else None
+                        results[i] = (r.status_code, r.headers.get("x-seldon-predictor"), body)
+                    except httpx.HTTPError as e:
+                        results[i] = (-1, None, {"error": repr(e)})
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return results
+
+    return asyncio.run(run())
+
+
+def start_stack(values: dict[str, Any], tmp: Path, models_root: Path) -> Stack:
+    values = {**values, "model": {**values.get("model", {}), "localRepository": str(models_root)},
+              "router": {"port": 0, "grpcPort": 0, **values.get("router", {})}}
+    values_path = tmp / "values.yaml"
+    values_path.write_text(yaml.safe_dump(values))
+    state_dir = tmp / "state"
+    log = tmp / "up.log"
+    env = {**os.environ, "SERVING_ADMIN_TOKEN": "test-token"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "up", "--values", str(values_path),
+         "--state-dir", str(state_dir)],
+        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 120
+    while not (state_dir / "stack.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f"serving up did not start:\n{log.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return Stack(process, state_dir, log)
+
+
+def stop_stack(stack: Stack) -> None:
+    stack.process.send_signal(signal.SIGTERM)
+    try:
+        stack.process.wait(30)
+    except subprocess.TimeoutExpired:
+        stack.process.kill()
+        stack.process.wait()
+
+
+SPLIT_VALUES = {
+    "deployment": {"name": "breast-cancer", "namespace": "models"},
+    "predictors": [
+        {"name": "stable", "version": "v1", "traffic": 90, "replicas": 2},
+        {"name": "canary", "version": "v2", "traffic": 10},
+        # the naive baseline as shadow: it disagrees with stable on about a third of rows
+        {"name": "shadow", "version": "v4", "shadow": True, "traffic": 100},
+    ],
+    "router": {"stickyHeader": "x-user-id", "maxBodyBytes": 65536},
+}
+
+
+@pytest.fixture(scope="module")
+def stack(models_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = start_stack(SPLIT_VALUES, tmp_path_factory.mktemp("stack"), models_root)
+    yield s
+    stop_stack(s)
