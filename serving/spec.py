@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic.alias_generators import to_camel
 
 from .errors import SpecError
+from .rollout.plan import RolloutPlan
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
@@ -206,6 +207,19 @@ class PodSecurity(_Values):
     """Group owning mounted volumes (the model PVC)."""
 
 
+class Slo(_Values):
+    """Service level objectives the load tests gate on (per predictor and overall)."""
+
+    p95_ms: Annotated[float, Field(gt=0)] = 50.0
+    """95th percentile latency budget, milliseconds."""
+    p99_ms: Annotated[float, Field(gt=0)] = 100.0
+    """99th percentile latency budget, milliseconds."""
+    max_error_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
+    """Largest acceptable share of failed requests."""
+    min_rps: Annotated[float, Field(ge=0)] = 50.0
+    """Smallest acceptable throughput over the run, requests per second."""
+
+
 class Spec(_Values):
     """Root of the values file (charts/<chart>/values.yaml)."""
 
@@ -219,6 +233,8 @@ class Spec(_Values):
     grafana_dashboard: GrafanaDashboard = Field(default_factory=GrafanaDashboard)
     helm_test: HelmTest = Field(default_factory=HelmTest)
     pod_security: PodSecurity = Field(default_factory=PodSecurity)
+    rollout: RolloutPlan = Field(default_factory=RolloutPlan)
+    slo: Slo = Field(default_factory=Slo)
 
     @model_validator(mode="after")
     def _seldon_rules(self) -> Spec:

@@ -171,6 +171,7 @@ class RouterCore:
                         for r in pool.replicas
                     ],
                     "env": p.env,
+                    "spec": p.model_dump(mode="json", by_alias=True),
                 }
             )
         return {

@@ -90,10 +90,13 @@ class GrpcFront(grpc.GenericRpcHandler):
         shadow_task = None
         if shadow_pool is not None and shadow_pool is not pool:
 
-            async def mirrored(replica: Replica) -> bytes | None:
-                return await self.send(replica, method, request)
+            async def mirrored(replica: Replica) -> tuple[str, bytes | None]:
+                try:
+                    return "OK", await self.send(replica, method, request)
+                except UpstreamRpcError as e:
+                    return e.code.name, None
 
-            shadow_task = core.mirror.launch(shadow_pool, mirrored)
+            shadow_task = core.mirror.launch(shadow_pool, mirrored, "unary")
 
         started = time.perf_counter()
         response: bytes | None = None

@@ -103,13 +103,11 @@ class RestFront:
         shadow_task = None
         if shadow_pool is not None and shadow_pool is not pool:
 
-            async def mirrored(replica: Replica) -> bytes | None:
+            async def mirrored(replica: Replica) -> tuple[str, bytes | None]:
                 status, payload, _ = await self.send(replica, request.method, path, body, headers)
-                if status != 200:
-                    raise RuntimeError(f"shadow answered {status}")
-                return payload
+                return str(status), payload if status == 200 else None
 
-            shadow_task = core.mirror.launch(shadow_pool, mirrored)
+            shadow_task = core.mirror.launch(shadow_pool, mirrored, request.method)
 
         started = time.perf_counter()
         try:

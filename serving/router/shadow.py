@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -20,6 +21,8 @@ from .replicas import PredictorPool, Replica
 logger = logging.getLogger("serving.router")
 
 Decoded = dict[str, tuple[str, np.ndarray]]
+# Sends the mirrored request to one replica: (status code, body when successful else None).
+MirroredCall = Callable[[Replica], Awaitable[tuple[str, bytes | None]]]
 
 
 class Mirror:
@@ -38,7 +41,7 @@ class Mirror:
         self.metrics.shadow_requests.labels(self.metrics.deployment, pool, outcome).inc()
 
     def launch(
-        self, pool: PredictorPool, call: Callable[[Replica], Awaitable[bytes | None]]
+        self, pool: PredictorPool, call: MirroredCall, method: str
     ) -> asyncio.Task[bytes | None] | None:
         """Start the mirrored call now; None when dropped (limit reached or no live replica)."""
         live = pool.live()
@@ -49,27 +52,33 @@ class Mirror:
         self.in_flight += 1
         pool.in_flight += 1
         self._count(pool.name, "sent")
-        task = asyncio.ensure_future(self._run(pool, replica, call))
-        return task
+        return asyncio.ensure_future(self._run(pool, replica, call, method))
 
     async def _run(
-        self,
-        pool: PredictorPool,
-        replica: Replica,
-        call: Callable[[Replica], Awaitable[bytes | None]],
+        self, pool: PredictorPool, replica: Replica, call: MirroredCall, method: str
     ) -> bytes | None:
+        # Recorded under the shadow's name like Seldon's executor in the shadow's pod would, so
+        # error rate and latency of a mirrored candidate can be analysed like a canary's.
+        grpc_call = method == "unary"
+        started = time.perf_counter()
+        code, body = "", None
         try:
-            return await asyncio.wait_for(call(replica), self.timeout)
+            code, body = await asyncio.wait_for(call(replica), self.timeout)
+            if body is None:
+                self._count(pool.name, "failed")
         except TimeoutError:
+            code = "DEADLINE_EXCEEDED" if grpc_call else "504"
             self._count(pool.name, "timeout")
-            return None
         except Exception as e:  # a broken shadow must never matter to callers
             logger.debug("shadow call failed: %s", e)
+            code = "UNAVAILABLE" if grpc_call else "503"
             self._count(pool.name, "failed")
-            return None
         finally:
             self.in_flight -= 1
             pool.in_flight -= 1
+        self.metrics.observe(pool.name, pool.version, "infer", method, code,
+                             time.perf_counter() - started)
+        return body
 
     def compare_later(
         self,
