@@ -146,6 +146,7 @@ class RouterCore:
     def _publish_traffic(self) -> None:
         for p in self.state.predictors:
             self.metrics.traffic.labels(self.deployment, p.name).set(p.traffic)
+            self.metrics.declare(p.name, p.version, p.shadow)
 
     # -- reading --------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:

@@ -102,6 +102,19 @@ class RouterMetrics:
             registry=self.registry,
         )
 
+    def declare(self, predictor: str, version: str, shadow: bool) -> None:
+        """Create the usual series at zero. Prometheus' increase() cannot count what happened
+        before it first saw a series, so series that appear on first use undercount."""
+        for method, codes in (("POST", ("200", "500", "503")),
+                              ("unary", ("OK", "INTERNAL", "UNAVAILABLE"))):
+            for code in codes:
+                self.requests.labels(self.deployment, predictor, version, "infer", method, code)
+        if shadow:
+            for result in ("agreed", "disagreed"):
+                self.shadow_rows.labels(self.deployment, predictor, result)
+            for outcome in ("sent", "dropped", "failed", "timeout"):
+                self.shadow_requests.labels(self.deployment, predictor, outcome)
+
     def observe(
         self, predictor: str, version: str, service: str, method: str, code: str, seconds: float
     ) -> None:
