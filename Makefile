@@ -48,6 +48,15 @@ models: $(STAMP) ## Train the model versions into models/ (deterministic)
 serve: models ## Serve every model version in one MLServer (REST 8080, gRPC 8081)
 	$(BIN)/serving serve --models $(MODELS)
 
+up: models ## Start the local stack from the chart's values (router :8003 REST, :8004 gRPC)
+	$(BIN)/serving up --values charts/seldon-model/values.yaml --models $(MODELS)
+
+down: ## Stop the local stack
+	$(BIN)/serving down
+
+status: ## Predictors, weights, health, errors, shadow agreement of the local stack
+	$(BIN)/serving status
+
 lint: $(STAMP) ## ruff and mypy on serving/
 	$(BIN)/ruff check serving tests loadtest
 	$(BIN)/mypy serving
@@ -59,6 +68,9 @@ test: lint pytest ## Lint, then the whole test suite
 
 demo: models ## Run the local demo of the whole flow
 	$(BIN)/serving demo --models $(MODELS)
+
+manifests: $(STAMP) ## Render the chart's defaults into manifests/ (+ values.schema.json from serving/spec.py)
+	$(BIN)/serving manifests
 
 bench: models ## Performance figures (MLServer defaults vs tuned settings)
 	$(BIN)/python -m serving.bench.mlserver_bench --models $(MODELS)

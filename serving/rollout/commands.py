@@ -85,10 +85,36 @@ def _load(target: Target) -> RolloutStatus:
     return status
 
 
-def _stable_of(predictors: list[Predictor]) -> Predictor:
+def stable_of(predictors: list[Predictor]) -> Predictor:
     primaries = [p for p in predictors if not p.shadow]
     named = [p for p in primaries if p.name == "stable"]
     return named[0] if named else max(primaries, key=lambda p: p.traffic)
+
+
+def begin(target: Target, version: str, env: dict[str, str] | None = None) -> RolloutStatus:
+    """Record a new rollout of `version` (the controller then drives it)."""
+    existing = target.store.load()
+    if existing is not None and not existing.phase.terminal:
+        raise ServingError(f"a rollout of {existing.candidate} is {existing.phase}; finish it "
+                           "with 'serving rollout promote' or 'abort' first")
+    predictors = target.backend.get_predictors()
+    stable = stable_of(predictors)
+    if stable.version == version:
+        raise ServingError(f"{version} is already the stable version")
+    shadow = next((p for p in predictors if p.shadow
+                   and p.name != target.plan.candidate_predictor), None)
+    now = time.time()
+    status = RolloutStatus(
+        candidate=version, stable_version=stable.version, stable_predictor=stable.name,
+        stable_spec=stable.model_dump(mode="json", by_alias=True),
+        candidate_predictor=target.plan.candidate_predictor, candidate_env=dict(env or {}),
+        original_shadow=shadow.model_dump(mode="json", by_alias=True) if shadow else None,
+        step_started_at=now, window_started_at=now,
+        revision=existing.revision if existing else 0)
+    status.record("started", f"rollout of {version} started (stable {stable.name} runs "
+                  f"{stable.version}); {len(target.plan.steps)} steps: "
+                  + ", ".join(s.describe() for s in target.plan.steps), now)
+    return target.store.save(status)
 
 
 @click.group()
@@ -108,34 +134,13 @@ def start(version: str, env_pairs: tuple[str, ...], detach: bool, values_path: s
           prometheus: str | None) -> None:
     """Start rolling out model VERSION as the candidate, then drive it to the end."""
     target = _target(values_path, state_dir, kubernetes, context, prometheus)
-    existing = target.store.load()
-    if existing is not None and not existing.phase.terminal:
-        raise ServingError(f"a rollout of {existing.candidate} is {existing.phase}; finish it "
-                           "with 'serving rollout promote' or 'abort' first")
     env = {}
     for pair in env_pairs:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ServingError(f"--env {pair!r}: expected KEY=VALUE")
         env[key] = value
-    predictors = target.backend.get_predictors()
-    stable = _stable_of(predictors)
-    if stable.version == version:
-        raise ServingError(f"{version} is already the stable version")
-    shadow = next((p for p in predictors if p.shadow
-                   and p.name != target.plan.candidate_predictor), None)
-    now = time.time()
-    status = RolloutStatus(
-        candidate=version, stable_version=stable.version, stable_predictor=stable.name,
-        stable_spec=stable.model_dump(mode="json", by_alias=True),
-        candidate_predictor=target.plan.candidate_predictor, candidate_env=env,
-        original_shadow=shadow.model_dump(mode="json", by_alias=True) if shadow else None,
-        step_started_at=now, window_started_at=now,
-        revision=existing.revision if existing else 0)
-    status.record("started", f"rollout of {version} started (stable {stable.name} runs "
-                  f"{stable.version}); {len(target.plan.steps)} steps: "
-                  + ", ".join(s.describe() for s in target.plan.steps), now)
-    target.store.save(status)
+    status = begin(target, version, env)
     click.echo(status.message)
     if detach:
         target.backend.apply(desired_predictors(status))
@@ -212,24 +217,24 @@ def history(as_json: bool, values_path: str, state_dir: Path, kubernetes: bool,
                    f"{e.kind:<13} {e.message}")
 
 
-def _change(target: Target, change: str) -> RolloutStatus:
+def apply_change(target: Target, op: str) -> RolloutStatus:
     s = _load(target)
     now = time.time()
     if s.phase.terminal:
         raise ServingError(f"the rollout already ended ({s.phase}); start a new one")
-    if change == "pause":
+    if op == "pause":
         if s.phase is Phase.PAUSED:
             raise ServingError("the rollout is already paused")
         s.phase = Phase.PAUSED
         s.record("paused", "paused by an operator", now)
-    elif change == "resume":
+    elif op == "resume":
         s = resume(s, target.plan, now)
-    elif change == "promote":
+    elif op == "promote":
         s.phase = Phase.PROMOTED
         s.canary_weight, s.mirror_percent = 0, 0
         s.record("promoted", f"promoted {s.candidate} by an operator (remaining steps skipped)",
                  now)
-    elif change == "abort":
+    elif op == "abort":
         s.phase = Phase.ABORTED
         s.canary_weight, s.mirror_percent = 0, 0
         s.record("aborted", f"aborted by an operator: all traffic back to {s.stable_version}",
@@ -244,7 +249,7 @@ def _simple(change: str, help_text: str) -> click.Command:
     @friendly_errors
     def command(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
                 prometheus: str | None) -> None:
-        s = _change(_target(values_path, state_dir, kubernetes, context, prometheus), change)
+        s = apply_change(_target(values_path, state_dir, kubernetes, context, prometheus), change)
         click.echo(f"{s.phase}: {s.message}")
 
     return click.command(name=change, help=help_text)(command)
