@@ -445,6 +445,16 @@ class FakeApiServer:
                 "UnsupportedMediaType",
                 f"the body of the request was in an unknown format: {content_type}",
             )
+        # A patch that names a resourceVersion is a precondition, as on a real API server.
+        wanted = ((patch or {}).get("metadata") or {}).get("resourceVersion") if isinstance(
+            patch, dict) else None
+        if wanted is not None and wanted != current["metadata"].get("resourceVersion"):
+            return status(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {kind.plural} "{name}": the object has been '
+                "modified; please apply your changes to the latest version and try again",
+            )
         if request.query.get("dryRun") == "All":
             return web.json_response(updated)
         owners = self.owners.setdefault(key, {})
