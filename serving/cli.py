@@ -206,12 +206,14 @@ def _register(commands: list[click.Command]) -> None:
 # Each area keeps its commands next to its code; this file only assembles them.
 from .demo import demo as demo_command  # noqa: E402
 from .k8s.commands import COMMANDS as K8S_COMMANDS  # noqa: E402
+from .load.commands import COMMANDS as LOAD_COMMANDS  # noqa: E402
 from .rollout.commands import COMMANDS as ROLLOUT_COMMANDS  # noqa: E402
 from .router.commands import COMMANDS as ROUTER_COMMANDS  # noqa: E402
 
 _register(K8S_COMMANDS)
 _register(ROUTER_COMMANDS)
 _register(ROLLOUT_COMMANDS)
+_register(LOAD_COMMANDS)
 main.add_command(demo_command)
 
 if __name__ == "__main__":
