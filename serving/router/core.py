@@ -91,8 +91,9 @@ class RouterCore:
         return None
 
     # -- calling --------------------------------------------------------------------------------
-    async def call(self, pool: PredictorPool,
-                   send: Callable[[Replica], Awaitable[T]]) -> tuple[T, PredictorPool]:
+    async def call(
+        self, pool: PredictorPool, send: Callable[[Replica], Awaitable[T]]
+    ) -> tuple[T, PredictorPool]:
         """Send to one live replica; if it cannot be reached, once more to another one; if the
         predictor has no reachable replica and fallback is on, to the stable predictor.
         Returns the answer and the pool that gave it."""
@@ -105,8 +106,7 @@ class RouterCore:
             self.metrics.fallbacks.labels(self.deployment, pool.name).inc()
             return await self._call_pool(stable, send), stable
 
-    async def _call_pool(self, pool: PredictorPool,
-                         send: Callable[[Replica], Awaitable[T]]) -> T:
+    async def _call_pool(self, pool: PredictorPool, send: Callable[[Replica], Awaitable[T]]) -> T:
         pool.in_flight += 1
         try:
             order = pool.attempt_order()
@@ -122,7 +122,8 @@ class RouterCore:
                     logger.warning("replica %s unreachable (%s)", replica.name, e)
             raise UpstreamUnavailable(
                 f"predictor {pool.name!r}: no replica could be reached ({last_error}); "
-                "retry shortly")
+                "retry shortly"
+            )
         finally:
             pool.in_flight -= 1
 
@@ -168,6 +169,7 @@ class RouterCore:
                             "pid": r.pid,
                             "restarts": r.restarts,
                             "url": r.rest_url,
+                            "grpc": r.server.grpc_target,
                         }
                         for r in pool.replicas
                     ],

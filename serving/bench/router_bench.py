@@ -1,0 +1,168 @@
+"""What the router costs: direct MLServer vs through the router, and with 100% shadow mirroring.
+
+    python -m serving.bench.router_bench --models models [--duration 8] [--repeat 1] [--out F]
+
+Starts the local stack (`serving up`, tuned MLServer settings) with a stable predictor (v1, one
+replica) and a shadow (v3) mirroring 0%, then measures single-row requests at 1 and 16
+concurrent clients, REST and gRPC, three ways, interleaved so drift hits all alike:
+  direct   straight to the stable replica's MLServer
+  router   through /seldon/<ns>/<deployment>/ (REST) or the seldon/namespace metadata (gRPC)
+  shadow   through the router with the shadow mirroring 100% of requests
+Prints the figures, then the ratios and differences the targets are stated in:
+router keeps >= 80% of direct throughput, adds <= 0.5 ms at p50 and <= 2 ms at p99;
+100% shadow raises the primary's p99 by <= 10%. All on the same 2 cores: the driver, the router
+and the model servers share them, as they would on one node.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from ..dataset import sample_rows
+from ..training import MODEL_NAME
+from .driver import LoadResult, Target, run_load
+from .mlserver_bench import log, machine_cpu_s, session_cpu_s
+
+MODES = ("direct", "router", "shadow")
+
+
+def start_stack(models: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    values = {
+        "deployment": {"name": "breast-cancer", "namespace": "models"},
+        "model": {"name": MODEL_NAME, "localRepository": str(models.resolve())},
+        "predictors": [{"name": "stable", "version": "v1", "traffic": 100, "replicas": 1},
+                       {"name": "shadow", "version": "v3", "shadow": True, "traffic": 0}],
+        "router": {"port": 0, "grpcPort": 0},
+    }
+    (workdir / "values.yaml").write_text(yaml.safe_dump(values))
+    state_dir = workdir / "state"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "up", "--values", str(workdir / "values.yaml"),
+         "--state-dir", str(state_dir)],
+        stdout=(workdir / "stack.log").open("wb"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (state_dir / "stack.json").exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError((workdir / "stack.log").read_text()[-2000:])
+        time.sleep(0.3)
+    return process, json.loads((state_dir / "stack.json").read_text())
+
+
+def set_mirror(state: dict[str, Any], percent: int) -> None:
+    resp = httpx.put(state["restUrl"] + "/admin/traffic", json={"mirrorPercent": percent},
+                     headers={"authorization": f"Bearer {state['adminToken']}"})
+    resp.raise_for_status()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = sample_rows(1000, seed=5)
+    results: dict[tuple[str, str, int], list[LoadResult]] = {}
+    with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
+        process, state = start_stack(args.models, Path(tmp))
+        try:
+            status = httpx.get(state["restUrl"] + "/admin/status").json()
+            replica = next(p for p in status["predictors"] if p["name"] == "stable")[
+                "replicas"][0]
+            ml_pid = replica["pid"]
+            probes = {"router": lambda: session_cpu_s(process.pid),
+                      "mlserver": lambda: session_cpu_s(ml_pid), "machine": machine_cpu_s}
+            metadata = {"seldon": state["deployment"], "namespace": state["namespace"]}
+            targets = {
+                ("direct", "rest"): Target.rest(replica["url"], MODEL_NAME),
+                ("direct", "grpc"): Target.grpc(replica["grpc"], MODEL_NAME),
+                ("router", "rest"): Target.rest(state["seldonUrl"], MODEL_NAME),
+                ("router", "grpc"): Target.grpc(state["grpcTarget"], MODEL_NAME, metadata=metadata),
+            }
+            for _ in range(args.repeat):
+                for protocol in ("rest", "grpc"):
+                    for c in levels:
+                        for mode in MODES:
+                            set_mirror(state, 100 if mode == "shadow" else 0)
+                            target = targets[("direct" if mode == "direct" else "router",
+                                              protocol)]
+                            log(f"{mode:<7} {protocol:<5} c={c:<3} {target.describe()}")
+                            r = run_load(target, c, args.duration, args.warmup, rows,
+                                         cpu_probes=probes)
+                            results.setdefault((mode, protocol, c), []).append(r)
+        finally:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(60)
+
+    def med(mode: str, protocol: str, c: int, metric: str) -> float:
+        return statistics.median(getattr(r, metric) for r in results[(mode, protocol, c)])
+
+    def cpu_us(mode: str, protocol: str, c: int, who: str) -> float:
+        return statistics.median(r.cpu_s.get(who, float("nan")) / max(r.requests, 1) * 1e6
+                                 for r in results[(mode, protocol, c)])
+
+    lines = [f"router benchmark: {os.cpu_count()} cores, {args.duration:g}s per run, "
+             f"median of {args.repeat}; single-row requests, closed loop",
+             "",
+             f"{'mode':<7} {'proto':<5} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
+             f"{'errors':>6} {'router us/req':>13} {'mlserver us/req':>15}"]
+    for protocol in ("rest", "grpc"):
+        for c in levels:
+            for mode in MODES:
+                errors = sum(r.errors for r in results[(mode, protocol, c)])
+                lines.append(
+                    f"{mode:<7} {protocol:<5} {c:>4} {med(mode, protocol, c, 'rps'):>8.0f} "
+                    f"{med(mode, protocol, c, 'p50_ms'):>7.2f} "
+                    f"{med(mode, protocol, c, 'p99_ms'):>7.2f} {errors:>6} "
+                    f"{cpu_us(mode, protocol, c, 'router'):>13.0f} "
+                    f"{cpu_us(mode, protocol, c, 'mlserver'):>15.0f}")
+    lines += ["", "against the targets (router vs direct; shadow vs router):",
+              f"{'proto':<5} {'conc':>4} {'rps ratio':>9} {'+p50 ms':>8} {'+p99 ms':>8} "
+              f"{'shadow p99':>10}   verdict"]
+    summary = []
+    for protocol in ("rest", "grpc"):
+        for c in levels:
+            ratio = med("router", protocol, c, "rps") / med("direct", protocol, c, "rps")
+            add50 = med("router", protocol, c, "p50_ms") - med("direct", protocol, c, "p50_ms")
+            add99 = med("router", protocol, c, "p99_ms") - med("direct", protocol, c, "p99_ms")
+            shadow99 = med("shadow", protocol, c, "p99_ms") / med("router", protocol, c, "p99_ms")
+            misses = [name for name, ok in (("throughput", ratio >= 0.8), ("p50", add50 <= 0.5),
+                                            ("p99", add99 <= 2.0), ("shadow", shadow99 <= 1.10))
+                      if not ok]
+            verdict = "meets all" if not misses else "misses " + ", ".join(misses)
+            lines.append(f"{protocol:<5} {c:>4} {ratio:>9.2f} {add50:>+8.2f} {add99:>+8.2f} "
+                         f"{shadow99:>9.2f}x   {verdict}")
+            summary.append({"protocol": protocol, "concurrency": c, "rps_ratio": ratio,
+                            "added_p50_ms": add50, "added_p99_ms": add99,
+                            "shadow_p99_ratio": shadow99, "misses": misses})
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        if args.out.suffix == ".json":
+            args.out.write_text(json.dumps({"summary": summary, "runs": {
+                f"{m}/{p}/{c}": [r.as_dict() for r in rs] for (m, p, c), rs in results.items()}},
+                indent=2))
+        else:
+            args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
