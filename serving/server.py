@@ -8,8 +8,10 @@ batching; `tuned()` runs inference in the server process and batches concurrent 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,6 +48,16 @@ class ServerSettings(BaseModel):
     @classmethod
     def tuned(cls, **ports: Any) -> ServerSettings:
         return cls(parallel_workers=0, max_batch_size=32, max_batch_time=0.001, **ports)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGTERM it when its parent dies, so a crashed or
+    killed router or test never leaves model servers behind (prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:  # not Linux/glibc: children are still stopped by stop()
+        pass
 
 
 def free_port() -> int:
@@ -113,6 +125,7 @@ class MLServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         return self
 

@@ -72,36 +72,41 @@ class LocalStack:
             await asyncio.gather(*(stop_pool(p) for p in started))
             raise failed[0]
         self.core = RouterCore(self.spec, {p.name: p for p in started})
-
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
         )
-        app = web.Application(client_max_size=self.spec.router.max_body_bytes)
-        app.add_routes(RestFront(self.core, session).routes() + AdminApi(self).routes())
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        rs = self.spec.router
-        site = web.TCPSite(runner, rs.host, rs.port, reuse_address=True)
-        await site.start()
-        rest_port = runner.addresses[0][1]
+        runner: web.AppRunner | None = None
+        grpc_server: grpc.aio.Server | None = None
+        monitor: asyncio.Task[None] | None = None
+        try:  # whatever fails from here on, the model servers are stopped on the way out
+            app = web.Application(client_max_size=self.spec.router.max_body_bytes)
+            app.add_routes(RestFront(self.core, session).routes() + AdminApi(self).routes())
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            rs = self.spec.router
+            site = web.TCPSite(runner, rs.host, rs.port, reuse_address=True)
+            await site.start()
+            rest_port = runner.addresses[0][1]
 
-        grpc_server = grpc.aio.server()
-        grpc_server.add_generic_rpc_handlers((GrpcFront(self.core),))
-        grpc_port = grpc_server.add_insecure_port(f"{rs.host}:{rs.grpc_port}")
-        if grpc_port == 0:
-            raise ServingError(f"cannot listen for gRPC on {rs.host}:{rs.grpc_port}")
-        await grpc_server.start()
+            grpc_server = grpc.aio.server()
+            grpc_server.add_generic_rpc_handlers((GrpcFront(self.core),))
+            grpc_port = grpc_server.add_insecure_port(f"{rs.host}:{rs.grpc_port}")
+            if grpc_port == 0:
+                raise ServingError(f"cannot listen for gRPC on {rs.host}:{rs.grpc_port}")
+            await grpc_server.start()
 
-        self._write_state(rest_port, grpc_port)
-        self._announce(rest_port, grpc_port)
-        monitor = asyncio.create_task(self._monitor())
-        try:
+            self._write_state(rest_port, grpc_port)
+            self._announce(rest_port, grpc_port)
+            monitor = asyncio.create_task(self._monitor())
             await self._stopping.wait()
         finally:
             logger.info("stopping: router, then model servers")
-            monitor.cancel()
-            await grpc_server.stop(grace=2)
-            await runner.cleanup()
+            if monitor is not None:
+                monitor.cancel()
+            if grpc_server is not None:
+                await grpc_server.stop(grace=2)
+            if runner is not None:
+                await runner.cleanup()
             await session.close()
             await self.core.mirror.drain()
             await asyncio.gather(
