@@ -72,8 +72,11 @@ demo: models ## Run the local demo of the whole flow
 manifests: $(STAMP) ## Render the chart's defaults into manifests/ (+ values.schema.json from serving/spec.py)
 	$(BIN)/serving manifests
 
-bench: models ## Performance figures (MLServer defaults vs tuned settings)
-	$(BIN)/python -m serving.bench.mlserver_bench --models $(MODELS)
+loadtest: models ## Load test the local stack (started if not running): per-predictor report, SLO gate, scaling (reports/)
+	$(BIN)/serving loadtest --values charts/seldon-model/values.yaml --models $(MODELS) --scaling 1,2
+
+bench: models ## Performance figures: MLServer defaults vs tuned, direct vs router vs shadow (reports/)
+	$(BIN)/python -m serving.bench.all --models $(MODELS)
 
 clean: ## Remove the venv, trained models and reports
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

@@ -192,7 +192,7 @@ class _Recorder:
             self.samples.append(sample)
 
 
-def _single_row_requests(rows: np.ndarray, rows_per_request: int) -> list[Any]:
+def _requests_from_rows(rows: np.ndarray, rows_per_request: int) -> list[Any]:
     """`mlserver.types.InferenceRequest`s of `rows_per_request` consecutive rows each."""
     rows = np.asarray(rows, dtype=np.float64)
     if rows.ndim != 2 or len(rows) < rows_per_request:
@@ -234,12 +234,15 @@ async def _closed_loop(
     tasks = [asyncio.create_task(client(n)) for n in range(concurrency)]
     meter = asyncio.create_task(cpu_meter())
     # Bounded: a request that hangs past its own timeout cannot keep the run going.
-    _, pending = await asyncio.wait(
+    done, pending = await asyncio.wait(
         [*tasks, meter], timeout=warmup_s + duration_s + timeout_s + 5.0
     )
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        if task.exception() is not None:  # a bug in the driver, not an error answer: say so
+            raise task.exception()  # type: ignore[misc]
     used = {name: cpu[1][name] - cpu[0][name] for name in probes} if len(cpu) == 2 else {}
     return recorder, used
 
@@ -272,7 +275,7 @@ async def _run_rest(
                     return False, f"HTTP {resp.status}", payload[:200].decode(errors="replace")
             except TimeoutError:
                 return False, "timeout", f"no answer within {target.timeout_s}s"
-            except aiohttp.ClientError as e:
+            except (aiohttp.ClientError, OSError) as e:
                 return False, "connection", f"{type(e).__name__}: {e}"
 
         return await _closed_loop(
@@ -328,7 +331,7 @@ async def run_load_async(
     """`run_load` on the running event loop (for callers that already have one)."""
     if concurrency < 1 or duration_s <= 0 or warmup_s < 0:
         raise ValueError("need concurrency >= 1, duration_s > 0 and warmup_s >= 0")
-    requests = _single_row_requests(rows, rows_per_request)
+    requests = _requests_from_rows(rows, rows_per_request)
     run = _run_rest if target.protocol == "rest" else _run_grpc
     rec, cpu_s = await run(target, requests, concurrency, duration_s, warmup_s, cpu_probes or {})
     latencies_ms = np.asarray(rec.latencies) * 1000.0

@@ -13,10 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from mlserver.codecs import NumpyCodec
-from mlserver.grpc import converters
 from mlserver.grpc import dataplane_pb2 as pb
-from mlserver.types import InferenceResponse
 
 LABEL_OUTPUT = "predict"
 EXACT_TYPES = {
@@ -33,15 +30,38 @@ EXACT_TYPES = {
 }
 
 
+# Decoding stays cheap on purpose (it runs for every mirrored request): plain json / protobuf
+# fields into numpy, without building MLServer's pydantic response types.
+NUMPY_TYPES = {"BOOL": np.bool_, "INT8": np.int8, "INT16": np.int16, "INT32": np.int32,
+               "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+               "UINT64": np.uint64, "FP16": np.float16, "FP32": np.float32, "FP64": np.float64}
+PB_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+               "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+               "UINT16": "uint_contents", "UINT32": "uint_contents",
+               "UINT64": "uint64_contents", "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def _array(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
+    return np.asarray(values, dtype=NUMPY_TYPES.get(datatype, object)).reshape(shape)
+
+
 def outputs_from_rest(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
-    response = InferenceResponse.model_validate(json.loads(body))
-    return {o.name: (o.datatype, NumpyCodec.decode_output(o)) for o in response.outputs}
+    return {o["name"]: (o["datatype"], _array(o["data"], o["datatype"], o["shape"]))
+            for o in json.loads(body)["outputs"]}
 
 
 def outputs_from_grpc(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
     message = pb.ModelInferResponse.FromString(body)
-    response = converters.ModelInferResponseConverter.to_types(message)
-    return {o.name: (o.datatype, NumpyCodec.decode_output(o)) for o in response.outputs}
+    decoded = {}
+    for i, o in enumerate(message.outputs):
+        shape = list(o.shape)
+        if message.raw_output_contents:
+            values = np.frombuffer(message.raw_output_contents[i],
+                                   dtype=NUMPY_TYPES[o.datatype])
+        else:
+            values = getattr(o.contents, PB_CONTENTS[o.datatype])
+        decoded[o.name] = (o.datatype, _array(values, o.datatype, shape))
+    return decoded
 
 
 @dataclass

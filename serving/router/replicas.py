@@ -15,6 +15,7 @@ from ..server import MLServerProcess, ServerSettings, free_port
 from ..spec import Predictor
 
 logger = logging.getLogger("serving.router")
+SHADOW_NICENESS = 10  # about a tenth of a normal process's CPU share when both are busy
 
 
 @dataclass
@@ -84,8 +85,9 @@ class PredictorPool:
 
 
 def same_deployment(a: Predictor, b: Predictor) -> bool:
-    """Whether a predictor can keep its running processes (only traffic changed)."""
-    keys = ("version", "replicas", "env", "model_uri", "server")
+    """Whether a predictor can keep its running processes (only traffic changed). Becoming or
+    ceasing to be the shadow restarts them: shadows run at a lower CPU priority."""
+    keys = ("version", "replicas", "env", "model_uri", "server", "shadow")
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
@@ -103,7 +105,9 @@ async def start_pool(
     replicas = []
     for i in range(predictor.replicas):
         server_settings = settings.model_copy(
-            update={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+            update={"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port(),
+                    # Mirrored work is best effort: on a shared host it must not slow callers.
+                    "niceness": SHADOW_NICENESS if predictor.shadow else 0}
         )
         server = MLServerProcess(
             root,

@@ -58,7 +58,7 @@ class Mirror:
         self, pool: PredictorPool, replica: Replica, call: MirroredCall, method: str
     ) -> bytes | None:
         # Recorded under the shadow's name like Seldon's executor in the shadow's pod would, so
-        # error rate and latency of a mirrored candidate can be analysed like a canary's.
+        # the error rate of a mirrored candidate can be analysed like a canary's.
         grpc_call = method == "unary"
         started = time.perf_counter()
         code, body = "", None
@@ -67,8 +67,10 @@ class Mirror:
             if body is None:
                 self._count(pool.name, "failed")
         except TimeoutError:
-            code = "DEADLINE_EXCEEDED" if grpc_call else "504"
+            # Counted as a timeout, not as a request of the shadow's: a mirrored call may be
+            # slow because the shadow runs at low priority, which says nothing about the model.
             self._count(pool.name, "timeout")
+            code = ""
         except Exception as e:  # a broken shadow must never matter to callers
             logger.debug("shadow call failed: %s", e)
             code = "UNAVAILABLE" if grpc_call else "503"
@@ -76,8 +78,9 @@ class Mirror:
         finally:
             self.in_flight -= 1
             pool.in_flight -= 1
-        self.metrics.observe(pool.name, pool.version, "infer", method, code,
-                             time.perf_counter() - started)
+        if code:
+            self.metrics.observe(pool.name, pool.version, "infer", method, code,
+                                 time.perf_counter() - started)
         return body
 
     def compare_later(

@@ -1,0 +1,42 @@
+"""`make bench`: every performance figure in one run on one machine, written to reports/<time>/.
+
+    python -m serving.bench.all --models models [--duration 8]
+
+1. one MLServer: MLServer's defaults vs the tuned settings, REST and gRPC, 1 and 16 clients;
+2. the router: direct MLServer vs through the router vs with 100% shadow, REST and gRPC.
+Each part prints its figures and its ratios; both land in the report folder as markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import mlserver_bench, router_bench
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m serving.bench.all")
+    parser.add_argument("--models", type=Path, default=Path("models"))
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--reports", type=Path, default=Path("reports"))
+    args = parser.parse_args(argv)
+    out = args.reports / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    duration = str(args.duration)
+    print("== 1/2 one MLServer: defaults vs tuned ==", flush=True)
+    first = mlserver_bench.main(
+        ["--models", str(args.models), "--duration", duration, "--out", str(out / "mlserver.md")]
+    )
+    print("\n== 2/2 direct vs router vs router with 100% shadow ==", flush=True)
+    second = router_bench.main(
+        ["--models", str(args.models), "--duration", duration, "--out", str(out / "router.md")]
+    )
+    print(f"\nreports written to {out}/")
+    return first or second
+
+
+if __name__ == "__main__":
+    sys.exit(main())
