@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import csv
 import sys
-from dataclasses import astuple, fields
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -12,7 +11,8 @@ import click
 from ..cli_common import DEFAULT_STATE_DIR, DEFAULT_VALUES, friendly_errors
 from ..spec import Spec, load_spec
 from .errors import LoadTestError
-from .local import format_scaling, local_stack, scaling_plan, scaling_runs
+from .hpa import follow_cluster
+from .local import format_scaling, local_stack, running_state, scaling_plan, scaling_runs
 from .plots import make_plots
 from .replicas import ReplicaFollower, local_replicas
 from .report import new_report_dir, write_markdown
@@ -148,6 +148,11 @@ def loadtest(
     chosen: Protocol = protocol or ("both" if local or grpc_target else "rest")
     plan = LoadPlan(values_path.resolve(), chosen, shape, users, rps, duration, weights)
     plan.check()
+    if local and not start_stack and running_state(state_dir) is None:
+        raise LoadTestError(
+            f"no local stack is running in {state_dir}; start one with 'make up', drop "
+            "--no-start-stack, or pass --target for another ingress"
+        )
     report_dir = new_report_dir(out)
     pace = f"{rps:g} req/s" if rps else "as fast as answered"
     what = f"{PROTOCOLS[chosen]}, {shape} shape, {users} users at {pace} for {duration}s"
@@ -177,37 +182,15 @@ def loadtest(
         what += f" against {target or ''} {grpc_target or ''}".rstrip()
         follower = None
         if cluster:
-            follower, plan, note = _cluster(
-                plan,
-                deployment or spec.deployment.name,
-                namespace or spec.deployment.namespace,
-                kubeconfig,
-                context,
-            )
-            what += note
+            ns, dep = namespace or spec.deployment.namespace, deployment or spec.deployment.name
+            follower, cluster_weights = follow_cluster(ns, dep, kubeconfig, context)
+            what += "; HPAs followed"
+            if not plan.weights:
+                plan = replace(plan, weights=cluster_weights)
+                what += f"; weights {cluster_weights} from SeldonDeployment {ns}/{dep}"
         click.echo(f"load test: {what}")
         run = run_locust(plan, args, report_dir, follower)
     _finish(run, spec, what, follower, counts, models, scaling_users, scaling_duration)
-
-
-def _cluster(
-    plan: LoadPlan, deployment: str, namespace: str, kubeconfig: str | None, context: str | None
-) -> tuple[ReplicaFollower, LoadPlan, str]:
-    """The HPA follower, the plan with the cluster's weights unless given, and a note on both."""
-    from dataclasses import replace
-
-    from ..k8s.client import connect
-    from ..k8s.traffic import get_traffic
-    from .hpa import follow_hpas
-
-    api = connect(kubeconfig, context)
-    traffic = get_traffic(api, namespace, deployment)
-    note = "; HPAs followed"
-    if not plan.weights:
-        plan = replace(plan, weights=",".join(f"{k}={v}" for k, v in traffic.weights.items()))
-        note += f"; weights {plan.weights} from SeldonDeployment {namespace}/{deployment}"
-    predictors = list(traffic.weights) + ([traffic.shadow] if traffic.shadow else [])
-    return follow_hpas(api, namespace, deployment, predictors), plan, note
 
 
 def _finish(
@@ -223,14 +206,11 @@ def _finish(
     plots = make_plots(run.report_dir, spec.slo)
     scaling_text = None
     if counts:
-        plan = scaling_plan(scaling_users, scaling_duration)
         click.echo(f"scaling: {len(counts)} short runs, stable replicas {counts} ...")
-        rows = scaling_runs(spec, models, counts, plan, run.report_dir)
-        with (run.report_dir / "scaling.csv").open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow([fl.name for fl in fields(rows[0])])
-            writer.writerows(astuple(r) for r in rows)
-        scaling_text = format_scaling(rows, plan)
+        plan = scaling_plan(scaling_users, scaling_duration)
+        scaling_text = format_scaling(
+            scaling_runs(spec, models, counts, plan, run.report_dir), plan
+        )
         click.echo(scaling_text)
     md = write_markdown(
         run.report_dir,

@@ -64,3 +64,18 @@ def follow_hpas(
         return hpa_replicas(api, namespace, deployment, names)
 
     return ReplicaFollower(source, interval_s)
+
+
+def follow_cluster(
+    namespace: str, deployment: str, kubeconfig: str | None = None, context: str | None = None
+) -> tuple[ReplicaFollower, str]:
+    """For `serving loadtest --cluster`: a follower of the deployment's HPAs, and the weights its
+    SeldonDeployment sets now ('stable=90,canary=10')."""
+    from ..k8s.client import connect
+    from ..k8s.traffic import get_traffic
+
+    api = connect(kubeconfig, context)
+    traffic = get_traffic(api, namespace, deployment)
+    predictors = list(traffic.weights) + ([traffic.shadow] if traffic.shadow else [])
+    weights = ",".join(f"{k}={v}" for k, v in traffic.weights.items())
+    return follow_hpas(api, namespace, deployment, predictors), weights

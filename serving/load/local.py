@@ -9,6 +9,7 @@ per replica count, and drive each closed loop for the same time.
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import astuple, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,8 @@ def scaling_plan(users: int, duration_s: int) -> LoadPlan:
 def scaling_runs(
     spec: Spec, models: Path | None, counts: list[int], plan: LoadPlan, report_dir: Path
 ) -> list[ScalingRow]:
-    """One run of `plan` per replica count, each against a fresh stack of its own."""
+    """One run of `plan` per replica count, each against a fresh stack of its own; the rows also
+    go to scaling.csv in the report folder."""
     rows = []
     for n in counts:
         run_dir = report_dir / "scaling" / f"replicas-{n}"
@@ -158,6 +160,10 @@ def scaling_runs(
             )
         o = run.summary.overall
         rows.append(ScalingRow(n, o.requests, o.failures, o.rps, o.p50_ms, o.p95_ms, o.p99_ms))
+    with (report_dir / "scaling.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([field.name for field in fields(ScalingRow)])
+        writer.writerows(astuple(r) for r in rows)
     return rows
 
 
