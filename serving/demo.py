@@ -156,6 +156,20 @@ class Demo:
         return outcome
 
 
+    def load_test(self, state: dict[str, Any]) -> str:
+        from .load.replicas import ReplicaFollower, local_replicas
+        from .load.run import LoadPlan, run_locust
+
+        report_dir = Path("reports") / time.strftime("demo-%Y%m%d-%H%M%S")
+        plan = LoadPlan(self.workdir / "values.yaml", duration_s=15)
+        run = run_locust(plan, ["--state-dir", str(self.state_dir)], report_dir,
+                         ReplicaFollower(local_replicas(state["restUrl"])), quiet=True)
+        if run.summary is None:
+            return f"locust ended without a summary (exit {run.exit_code}); see {report_dir}"
+        self.echo(run.summary.text())
+        return f"{run.summary.verdict()}; report in {report_dir}/"
+
+
 def run_demo(models_root: Path, values_path: Path) -> None:
     if not artifacts.list_versions(models_root):
         training.train_all(models_root)
@@ -181,6 +195,8 @@ def run_demo(models_root: Path, values_path: Path) -> None:
             good = demo.rollout(state, "v3", "gradient boosting, healthy", None)
             heading("5. Where things stand")
             final = demo.show_split(state, seconds=3)
+            heading("6. Load test with locust (REST + gRPC, 100 req/s for 15s), gated on the SLOs")
+            load = demo.load_test(state)
         finally:
             demo.stop_stack()
         heading("Summary")
@@ -195,6 +211,7 @@ def run_demo(models_root: Path, values_path: Path) -> None:
                        f"callers saw {o.failed}/{o.requests} failed{extra}")
             click.echo(f"    why: {o.reason[:300]}")
         click.echo(f"- afterwards: {final['served']} (stable now serves the promoted version)")
+        click.echo(f"- load test: {load}")
         click.echo("Next: 'make test' runs the test suite; the README shows how to deploy the "
                    "same values to a cluster.")
 
