@@ -3,7 +3,6 @@ and the `cluster` marker (tests that need a real cluster run only when KUBECONFI
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,6 @@ from serving.k8s.client import connect
 from .fake_apiserver import FakeApiServer
 
 VALUES = chart.CHART_DIR / "values.yaml"
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("KUBECONFIG"):
-        return
-    skip = pytest.mark.skip(
-        reason="needs a real cluster with Seldon Core v1: set KUBECONFIG (see README, "
-        "'Deploy to a real cluster')"
-    )
-    for item in items:
-        if "cluster" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture
@@ -69,3 +56,13 @@ def write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
     path = tmp_path / "values.yaml"
     path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
+
+
+@pytest.fixture
+def deployed(apiserver: FakeApiServer, api: DynamicClient, models_namespace: str) -> FakeApiServer:
+    """The chart's defaults applied to the in-test API server; its request log cleared."""
+    from serving.k8s import deploy
+
+    deploy.deploy(VALUES, api=api, wait=False, progress=lambda _: None)
+    apiserver.requests.clear()
+    return apiserver

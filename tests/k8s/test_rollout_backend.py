@@ -9,7 +9,6 @@ import time
 import pytest
 from kubernetes.dynamic import DynamicClient
 
-from serving.k8s import deploy
 from serving.k8s.rollout_backend import STATUS_ANNOTATION, AnnotationStateStore, KubernetesBackend
 from serving.rollout.commands import Target, begin
 from serving.rollout.controller import Controller
@@ -22,13 +21,6 @@ from .fake_apiserver import SELDON, FakeApiServer
 
 KEY = (SELDON.api_version, "seldondeployments", "models", "breast-cancer")
 pytestmark = pytest.mark.usefixtures("needs_crd")
-
-
-@pytest.fixture
-def deployed(apiserver: FakeApiServer, api: DynamicClient, models_namespace: str) -> FakeApiServer:
-    deploy.deploy(VALUES, api=api, wait=False, progress=lambda _: None)
-    apiserver.requests.clear()
-    return apiserver
 
 
 class ScriptedMetrics:

@@ -8,24 +8,15 @@ from kubernetes.dynamic import DynamicClient
 from kubernetes.dynamic.exceptions import DynamicApiError
 
 from serving.errors import SpecError
-from serving.k8s import deploy
 from serving.k8s.errors import ClusterError
 from serving.k8s.traffic import Traffic, get_traffic, set_traffic
 
-from .conftest import VALUES
 from .fake_apiserver import SELDON, FakeApiServer
 
 KEY = (SELDON.api_version, "seldondeployments", "models", "breast-cancer")
 
 # deploy validates against the upstream Seldon CRD before it touches the cluster.
 pytestmark = pytest.mark.usefixtures("needs_crd")
-
-
-@pytest.fixture
-def deployed(apiserver: FakeApiServer, api: DynamicClient, models_namespace: str) -> FakeApiServer:
-    deploy.deploy(VALUES, api=api, wait=False, progress=lambda _: None)
-    apiserver.requests.clear()
-    return apiserver
 
 
 def test_get_traffic_reads_weights_and_the_mirror_percent(

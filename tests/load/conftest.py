@@ -4,7 +4,6 @@ when KUBECONFIG is set)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,18 +28,6 @@ VALUES: dict[str, Any] = {
 # Budgets a loaded 2-core CI machine meets, and budgets nothing can meet.
 SANE_SLO = {"p95Ms": 2000.0, "p99Ms": 5000.0, "maxErrorRate": 0.05, "minRps": 10.0}
 TIGHT_SLO = {"p95Ms": 0.001, "p99Ms": 0.002, "maxErrorRate": 0.0, "minRps": 1000000.0}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if os.environ.get("KUBECONFIG"):
-        return
-    skip = pytest.mark.skip(
-        reason="needs a real cluster with Seldon Core v1: set KUBECONFIG (see README, "
-        "'Deploy to a real cluster')"
-    )
-    for item in items:
-        if "cluster" in item.keywords:
-            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")
