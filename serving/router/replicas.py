@@ -15,7 +15,8 @@ from ..server import MLServerProcess, ServerSettings, free_port
 from ..spec import Predictor
 
 logger = logging.getLogger("serving.router")
-SHADOW_NICENESS = 10  # about a tenth of a normal process's CPU share when both are busy
+# Shadows get only CPU time nothing else wants (SCHED_IDLE): mirrored work must not slow callers.
+SHADOW_NICENESS = 19
 
 
 @dataclass
