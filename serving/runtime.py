@@ -25,24 +25,12 @@ from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import PREDICT_OUTPUT, PREDICT_PROBA_OUTPUT, WELLKNOWN_MODEL_FILENAMES
 from sklearn.pipeline import Pipeline
 
-from . import artifacts
+from . import artifacts, datatypes
 from .errors import ArtifactError
 
 logger = logging.getLogger(__name__)
 
-NUMERIC_DATATYPES = {
-    "FP16",
-    "FP32",
-    "FP64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-}
+NUMERIC_DATATYPES = datatypes.NUMERIC
 
 
 class InjectedFault(MLServerError):

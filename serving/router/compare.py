@@ -15,19 +15,10 @@ from typing import Any
 import numpy as np
 from mlserver.grpc import dataplane_pb2 as pb
 
+from .. import datatypes
+
 LABEL_OUTPUT = "predict"
-EXACT_TYPES = {
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "BOOL",
-    "BYTES",
-}
+EXACT_TYPES = datatypes.EXACT
 
 
 # Decoding stays cheap on purpose (it runs for every mirrored request): plain json / protobuf
