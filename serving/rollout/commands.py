@@ -163,8 +163,11 @@ def run(values_path: str, state_dir: Path, kubernetes: bool, context: str | None
         prometheus: str | None) -> None:
     """Drive the current rollout (after --detach, a resume, or a controller crash)."""
     target = _target(values_path, state_dir, kubernetes, context, prometheus)
-    if _load(target).phase.terminal:
-        click.echo(f"the rollout already ended: {_load(target).phase}")
+    status = _load(target)
+    if status.phase.terminal:
+        # Still make the deployment match: an earlier apply may have failed half-way.
+        target.backend.apply(desired_predictors(status))
+        click.echo(f"the rollout already ended ({status.phase}); the deployment matches it")
         return
     _drive(target)
 
@@ -221,7 +224,8 @@ def apply_change(target: Target, op: str) -> RolloutStatus:
     s = _load(target)
     now = time.time()
     if s.phase.terminal:
-        raise ServingError(f"the rollout already ended ({s.phase}); start a new one")
+        raise ServingError(f"the rollout already ended ({s.phase}); start a new one, or "
+                           "'serving rollout run' to re-apply its end state")
     if op == "pause":
         if s.phase is Phase.PAUSED:
             raise ServingError("the rollout is already paused")

@@ -60,6 +60,8 @@ class PredictorPool:
     predictor: Predictor
     replicas: list[Replica]
     in_flight: int = 0
+    stopped: bool = False
+    """Set once the pool is retired: a replica restart in progress must not revive it."""
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
@@ -133,6 +135,7 @@ async def start_pool(
 
 async def stop_pool(pool: PredictorPool, drain_timeout: float = 10.0) -> None:
     """Wait for in-flight requests to finish, then stop the processes."""
+    pool.stopped = True
     deadline = asyncio.get_running_loop().time() + drain_timeout
     while pool.in_flight and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.05)

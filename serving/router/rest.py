@@ -10,6 +10,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..errors import ServingError
 from .compare import outputs_from_rest
 from .core import PREDICTOR_HEADER, RouterCore, UpstreamConnectError, error_status
 from .replicas import Replica
@@ -64,9 +65,13 @@ class RestFront:
                     await resp.read(),
                     resp.headers.get("content-type", "application/json"),
                 )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+            raise ServingError(
+                f"predictor {replica.predictor!r} did not answer within "
+                f"{self.core.settings.upstream_timeout_seconds:g}s (router.upstreamTimeoutSeconds)",
+                status_code=504,
+            ) from e
         except (aiohttp.ClientConnectionError, ConnectionResetError) as e:
-            if isinstance(e, aiohttp.ServerTimeoutError):
-                raise
             raise UpstreamConnectError(str(e) or type(e).__name__) from e
 
     async def handle(self, request: web.Request) -> web.StreamResponse:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import httpx
 from aiohttp import web
 
 from ..errors import ServingError
@@ -169,13 +170,28 @@ class LocalStack:
             for pool in list(self.core.state.pools.values()):
                 for replica in pool.replicas:
                     process = replica.server.process
-                    if (
-                        process is not None
-                        and process.poll() is not None
-                        and replica.name not in self._restarting
-                    ):
+                    if process is None or replica.name in self._restarting:
+                        continue
+                    if process.poll() is not None:
                         self._restarting.add(replica.name)
                         asyncio.create_task(self._restart(pool, replica, process.returncode))
+                    elif not replica.alive:
+                        # Marked dead after a connection error while its process runs: take
+                        # it back as soon as it answers its readiness probe again.
+                        self._restarting.add(replica.name)
+                        asyncio.create_task(self._probe(replica))
+
+    async def _probe(self, replica: Replica) -> None:
+        url = f"{replica.rest_url}/v2/models/{self.spec.model.name}/ready"
+        try:
+            ready = (await asyncio.to_thread(httpx.get, url, timeout=1.0)).status_code == 200
+            if ready and not replica.alive:
+                replica.alive = True
+                logger.warning("replica %s answers again; back in rotation", replica.name)
+        except httpx.HTTPError:
+            pass
+        finally:
+            self._restarting.discard(replica.name)
 
     async def _restart(self, pool: PredictorPool, replica: Replica, code: int | None) -> None:
         replica.alive = False
@@ -189,8 +205,13 @@ class LocalStack:
         try:
             await replica.close_channel()
             await asyncio.to_thread(replica.server.stop)
+            if pool.stopped:
+                return  # retired meanwhile (reconcile or shutdown): nothing to bring back
             replica.server.start()
             await asyncio.to_thread(replica.server.wait_ready, [self.spec.model.name])
+            if pool.stopped:  # retired while it was starting: do not leave it running
+                await asyncio.to_thread(replica.server.stop)
+                return
             replica.alive = True
             print(f"replica {replica.name} is back (pid {replica.pid})", flush=True)
         except ServingError as e:
