@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,7 +22,6 @@ import yaml
 
 from . import artifacts, training
 from .background_load import BackgroundLoad
-from .errors import ServingError
 from .rollout.backends import LocalRouterBackend
 from .rollout.commands import Target, begin
 from .rollout.controller import Controller
@@ -31,7 +29,7 @@ from .rollout.metrics_source import RouterMetricsSource
 from .rollout.plan import RolloutPlan
 from .rollout.state import FileStateStore, Phase, RolloutStatus
 from .router.commands import format_status
-from .router.stack import read_state
+from .router.stack import start_background, stop_background
 
 FAST_ANALYSIS = {"intervalSeconds": 2, "minRequests": 100, "failureLimit": 2,
                  "maxErrorRateIncrease": 0.02, "maxP99Ratio": 2.0, "minAgreement": 0.9}
@@ -73,27 +71,14 @@ class Demo:
         self.values = values
         demo_values = self.workdir / "values.yaml"
         demo_values.write_text(yaml.safe_dump(values, sort_keys=False))
-        log = self.workdir / "stack.log"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "up", "--values", str(demo_values),
-             "--state-dir", str(self.state_dir)],
-            stdout=log.open("wb"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 180
-        while not (self.state_dir / "stack.json").exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise ServingError(f"the local stack did not start; see {log}:\n"
-                                   + log.read_text()[-2000:])
-            time.sleep(0.3)
-        self.echo(log.read_text().strip())
-        return read_state(self.state_dir)
+        self.process, state = start_background(demo_values, self.state_dir,
+                                               self.workdir / "stack.log")
+        self.echo((self.workdir / "stack.log").read_text().strip())
+        return state
 
     def stop_stack(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        if self.process is not None:
+            stop_background(self.process, timeout=60)
 
     # -- steps ----------------------------------------------------------------------------------
     def show_split(self, state: dict[str, Any], seconds: float = 6.0) -> dict[str, Any]:

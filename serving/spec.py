@@ -252,15 +252,6 @@ class Spec(_Values):
     def shadow(self) -> Predictor | None:
         return next((p for p in self.predictors if p.shadow), None)
 
-    def predictor(self, name: str) -> Predictor:
-        for p in self.predictors:
-            if p.name == name:
-                return p
-        raise SpecError(
-            f"no predictor named {name!r}; predictors are {[p.name for p in self.predictors]}",
-            status_code=404,
-        )
-
     def effective_weights(self) -> dict[str, int]:
         """Traffic per non-shadow predictor as the ingress applies it (a lone one gets 100)."""
         primaries = self.primaries

@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import httpx
 import yaml
 
 from ..dataset import sample_rows
+from ..router.stack import start_background, stop_background
 from ..training import MODEL_NAME
 from .driver import LoadResult, Target, run_load
 from .mlserver_bench import log, machine_cpu_s, session_cpu_s
@@ -48,18 +47,9 @@ def start_stack(models: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], d
         "router": {"port": 0, "grpcPort": 0},
     }
     (workdir / "values.yaml").write_text(yaml.safe_dump(values))
-    state_dir = workdir / "state"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "up", "--values", str(workdir / "values.yaml"),
-         "--state-dir", str(state_dir)],
-        stdout=(workdir / "stack.log").open("wb"), stderr=subprocess.STDOUT,
-        start_new_session=True)
-    deadline = time.monotonic() + 120
-    while not (state_dir / "stack.json").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError((workdir / "stack.log").read_text()[-2000:])
-        time.sleep(0.3)
-    return process, json.loads((state_dir / "stack.json").read_text())
+    # its own session, so its CPU can be read apart from the driver's
+    return start_background(workdir / "values.yaml", workdir / "state", workdir / "stack.log",
+                            new_session=True, timeout=120)
 
 
 def set_mirror(state: dict[str, Any], percent: int) -> None:
@@ -108,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                                          cpu_probes=probes)
                             results.setdefault((mode, protocol, c), []).append(r)
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(60)
+            stop_background(process, timeout=60)
 
     def med(mode: str, protocol: str, c: int, metric: str) -> float:
         return statistics.median(getattr(r, metric) for r in results[(mode, protocol, c)])

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import astuple, dataclass, fields, replace
@@ -24,20 +20,12 @@ from typing import Any
 import yaml
 
 from ..errors import ServingError
-from ..router.stack import STATE_FILE, read_state
+from ..router.stack import pid_alive, read_state, start_background, stop_background
 from ..spec import Spec, spec_to_values
 from .errors import LoadTestError
 from .run import LoadPlan, run_locust
 
 START_TIMEOUT_S = 180
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def running_state(state_dir: Path) -> dict[str, Any] | None:
@@ -46,7 +34,7 @@ def running_state(state_dir: Path) -> dict[str, Any] | None:
         state = read_state(state_dir)
     except ServingError:
         return None
-    return state if _alive(int(state["pid"])) else None
+    return state if pid_alive(int(state["pid"])) else None
 
 
 @contextmanager
@@ -63,44 +51,15 @@ def local_stack(
             f"no local stack is running in {state_dir}; start one with 'make up' or pass "
             "--start-stack (or --target for another ingress)"
         )
-    command = [
-        sys.executable,
-        "-m",
-        "serving.cli",
-        "up",
-        "--values",
-        str(values),
-        "--state-dir",
-        str(state_dir),
-    ] + (["--models", str(models)] if models else [])
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
-        yield _wait_started(process, state_dir, log_path), True
+        process, state = start_background(values, state_dir, log_path, models,
+                                          timeout=START_TIMEOUT_S)
+    except ServingError as e:
+        raise LoadTestError(e.message) from None
+    try:
+        yield state, True
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def _wait_started(process: subprocess.Popen[bytes], state_dir: Path, log: Path) -> dict[str, Any]:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LoadTestError(
-                f"'serving up' exited with code {process.returncode} before the stack was ready:"
-                f"\n{log.read_text()[-2000:]}"
-            )
-        if (state_dir / STATE_FILE).exists():
-            state = read_state(state_dir)
-            if int(state["pid"]) == process.pid:
-                return state
-        time.sleep(0.2)
-    raise LoadTestError(f"the local stack was not ready within {START_TIMEOUT_S}s; see {log}")
+        stop_background(process)
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,6 @@ def with_target(fn):  # type: ignore[no-untyped-def]
     return fn
 
 
-def _target(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
-            prometheus: str | None) -> Target:
-    return build_target(values_path, state_dir, kubernetes, context, prometheus)
-
-
 def _load(target: Target) -> RolloutStatus:
     status = target.store.load()
     if status is None:
@@ -133,7 +128,7 @@ def start(version: str, env_pairs: tuple[str, ...], detach: bool, values_path: s
           state_dir: Path, kubernetes: bool, context: str | None,
           prometheus: str | None) -> None:
     """Start rolling out model VERSION as the candidate, then drive it to the end."""
-    target = _target(values_path, state_dir, kubernetes, context, prometheus)
+    target = build_target(values_path, state_dir, kubernetes, context, prometheus)
     env = {}
     for pair in env_pairs:
         key, sep, value = pair.partition("=")
@@ -143,7 +138,7 @@ def start(version: str, env_pairs: tuple[str, ...], detach: bool, values_path: s
     status = begin(target, version, env)
     click.echo(status.message)
     if detach:
-        target.backend.apply(desired_predictors(status))
+        target.backend.apply(desired_predictors(status, target.plan))
         return
     _drive(target)
 
@@ -162,11 +157,11 @@ def _drive(target: Target) -> None:
 def run(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
         prometheus: str | None) -> None:
     """Drive the current rollout (after --detach, a resume, or a controller crash)."""
-    target = _target(values_path, state_dir, kubernetes, context, prometheus)
+    target = build_target(values_path, state_dir, kubernetes, context, prometheus)
     status = _load(target)
     if status.phase.terminal:
         # Still make the deployment match: an earlier apply may have failed half-way.
-        target.backend.apply(desired_predictors(status))
+        target.backend.apply(desired_predictors(status, target.plan))
         click.echo(f"the rollout already ended ({status.phase}); the deployment matches it")
         return
     _drive(target)
@@ -199,7 +194,7 @@ def format_status(s: RolloutStatus, plan: RolloutPlan) -> str:
 def status(as_json: bool, values_path: str, state_dir: Path, kubernetes: bool,
            context: str | None, prometheus: str | None) -> None:
     """Phase, step, weights, failed checks and the last analysis with its evidence."""
-    target = _target(values_path, state_dir, kubernetes, context, prometheus)
+    target = build_target(values_path, state_dir, kubernetes, context, prometheus)
     s = _load(target)
     click.echo(dumps(s) if as_json else format_status(s, target.plan))
 
@@ -211,7 +206,7 @@ def status(as_json: bool, values_path: str, state_dir: Path, kubernetes: bool,
 def history(as_json: bool, values_path: str, state_dir: Path, kubernetes: bool,
             context: str | None, prometheus: str | None) -> None:
     """Every transition and failed check, with timestamps."""
-    s = _load(_target(values_path, state_dir, kubernetes, context, prometheus))
+    s = _load(build_target(values_path, state_dir, kubernetes, context, prometheus))
     if as_json:
         click.echo(json.dumps([e.model_dump(mode="json") for e in s.history], indent=2))
         return
@@ -244,7 +239,7 @@ def apply_change(target: Target, op: str) -> RolloutStatus:
         s.record("aborted", f"aborted by an operator: all traffic back to {s.stable_version}",
                  now)
     saved = target.store.save(s)
-    target.backend.apply(desired_predictors(saved))  # takes effect now, controller or not
+    target.backend.apply(desired_predictors(saved, target.plan))  # takes effect now, controller or not
     return saved
 
 
@@ -253,7 +248,7 @@ def _simple(change: str, help_text: str) -> click.Command:
     @friendly_errors
     def command(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
                 prometheus: str | None) -> None:
-        s = apply_change(_target(values_path, state_dir, kubernetes, context, prometheus), change)
+        s = apply_change(build_target(values_path, state_dir, kubernetes, context, prometheus), change)
         click.echo(f"{s.phase}: {s.message}")
 
     return click.command(name=change, help=help_text)(command)

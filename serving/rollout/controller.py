@@ -101,8 +101,8 @@ def resume(status: RolloutStatus, plan: RolloutPlan, now: float) -> RolloutStatu
     return s
 
 
-def desired_predictors(status: RolloutStatus) -> list[Predictor]:
-    """The predictors the deployment should run for this status."""
+def desired_predictors(status: RolloutStatus, plan: RolloutPlan) -> list[Predictor]:
+    """The predictors the deployment should run for this status of this plan."""
     stable = Predictor.model_validate(status.stable_spec)
     original_shadow = (Predictor.model_validate(status.original_shadow)
                        if status.original_shadow else None)
@@ -112,11 +112,13 @@ def desired_predictors(status: RolloutStatus) -> list[Predictor]:
         return [promoted] + ([original_shadow] if original_shadow else [])
     candidate = stable.model_copy(update={
         "name": status.candidate_predictor, "version": status.candidate,
-        "env": dict(status.candidate_env), "hpa": stable.hpa, "pdb": stable.pdb})
+        "env": dict(status.candidate_env)})
     if status.phase in (Phase.ROLLED_BACK, Phase.ABORTED):
         return [stable.model_copy(update={"traffic": 100})] + (
             [original_shadow] if original_shadow else [])
-    if status.canary_weight > 0 or status.mirror_percent == 0 and _past_weight(status):
+    past_a_weight_step = any(step.set_weight is not None
+                             for step in plan.steps[:status.step_index])
+    if status.canary_weight > 0 or past_a_weight_step:
         return [stable.model_copy(update={"traffic": 100 - status.canary_weight}),
                 candidate.model_copy(update={"traffic": status.canary_weight, "shadow": False})
                 ] + ([original_shadow] if original_shadow else [])
@@ -126,10 +128,6 @@ def desired_predictors(status: RolloutStatus) -> list[Predictor]:
                 candidate.model_copy(update={"traffic": status.mirror_percent, "shadow": True})]
     return [stable.model_copy(update={"traffic": 100})] + (
         [original_shadow] if original_shadow else [])
-
-
-def _past_weight(status: RolloutStatus) -> bool:
-    return any(e.kind == "step" and "setWeight" in e.message for e in status.history)
 
 
 class Controller:
@@ -171,7 +169,7 @@ class Controller:
         for event in new.history[seen:]:
             self.echo(f"[{time.strftime('%H:%M:%S', time.localtime(event.at))}] "
                       f"{event.kind}: {event.message}")
-        self.backend.apply(desired_predictors(new))
+        self.backend.apply(desired_predictors(new, self.plan))
         return new
 
     def run(self, stop_when_paused: bool = False) -> RolloutStatus:

@@ -16,7 +16,7 @@ from ..cli_common import DEFAULT_STATE_DIR, DEFAULT_VALUES, friendly_errors
 from ..errors import ServingError
 from ..server import ServerSettings
 from ..spec import load_spec
-from .stack import read_state, run_stack
+from .stack import pid_alive, read_state, run_stack
 
 
 @click.command()
@@ -66,7 +66,7 @@ def up(
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
         existing = read_state(state_dir)
-        if _pid_alive(int(existing["pid"])):
+        if pid_alive(int(existing["pid"])):
             raise ServingError(
                 f"a local stack is already running (pid {existing['pid']}); "
                 "stop it with 'serving down'"
@@ -79,19 +79,6 @@ def up(
     run_stack(spec, root, state_dir, settings)
 
 
-def _pid_alive(pid: int) -> bool:
-    """Running (a zombie, exited but not yet reaped by its parent, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
-    except (OSError, IndexError):
-        return True
-    return state != "Z"
-
-
 @click.command()
 @click.option(
     "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
@@ -101,15 +88,15 @@ def down(state_dir: Path) -> None:
     """Stop the local stack started by 'serving up'."""
     state = read_state(state_dir)
     pid = int(state["pid"])
-    if not _pid_alive(pid):
+    if not pid_alive(pid):
         (state_dir / "stack.json").unlink(missing_ok=True)
         click.echo(f"stack (pid {pid}) was not running; cleaned up its state file")
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
-    while _pid_alive(pid) and time.monotonic() < deadline:
+    while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         raise ServingError(f"stack (pid {pid}) did not stop within 30s; kill it with kill {pid}")
     click.echo(f"stopped the local stack (pid {pid})")
 

@@ -17,7 +17,7 @@ from ..errors import ServingError, SpecError, UpstreamUnavailable
 from ..spec import Predictor, Spec
 from .metrics import RouterMetrics
 from .replicas import PredictorPool, Replica
-from .shadow import Mirror
+from .shadow import Decoded, Mirror, MirroredCall, MirroredRequest
 from .traffic import Routes
 
 logger = logging.getLogger("serving.router")
@@ -84,11 +84,17 @@ class RouterCore:
                 return stable, True
         return pool, False
 
-    def shadow_pool(self) -> PredictorPool | None:
+    def mirror_if_due(self, service: str, pool: PredictorPool, call: MirroredCall, method: str,
+                      decode: Callable[[bytes], Decoded]) -> MirroredRequest | None:
+        """Mirror an inference to the shadow when its percentage says so (not when the request
+        is pinned to the shadow itself)."""
         routes = self.state.routes
-        if routes.shadow and routes.should_mirror():
-            return self.state.pools.get(routes.shadow)
-        return None
+        if service != "infer" or not routes.shadow or not routes.should_mirror():
+            return None
+        shadow = self.state.pools.get(routes.shadow)
+        if shadow is None or shadow is pool:
+            return None
+        return self.mirror.launch(shadow, call, method, decode)
 
     # -- calling --------------------------------------------------------------------------------
     async def call(
@@ -173,7 +179,6 @@ class RouterCore:
                         }
                         for r in pool.replicas
                     ],
-                    "env": p.env,
                     "spec": p.model_dump(mode="json", by_alias=True),
                 }
             )

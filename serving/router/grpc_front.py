@@ -86,18 +86,13 @@ class GrpcFront(grpc.GenericRpcHandler):
             status, message = error_status(e)
             await context.abort(HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL), message)
 
-        shadow_pool = core.shadow_pool() if service == "infer" else None
-        shadow_task = None
-        if shadow_pool is not None and shadow_pool is not pool:
+        async def mirrored(replica: Replica) -> tuple[str, bytes | None]:
+            try:
+                return "OK", await self.send(replica, method, request)
+            except UpstreamRpcError as e:
+                return e.code.name, None
 
-            async def mirrored(replica: Replica) -> tuple[str, bytes | None]:
-                try:
-                    return "OK", await self.send(replica, method, request)
-                except UpstreamRpcError as e:
-                    return e.code.name, None
-
-            shadow_task = core.mirror.launch(shadow_pool, mirrored, "unary")
-
+        shadow = core.mirror_if_due(service, pool, mirrored, "unary", outputs_from_grpc)
         started = time.perf_counter()
         response: bytes | None = None
         code = grpc.StatusCode.OK
@@ -111,10 +106,8 @@ class GrpcFront(grpc.GenericRpcHandler):
             code = HTTP_TO_GRPC.get(status, grpc.StatusCode.INTERNAL)
         core.observe(pool, service, "unary", code.name, started)
         context.set_trailing_metadata(((PREDICTOR_HEADER, pool.name),))
-        if shadow_task is not None and shadow_pool is not None:
-            core.mirror.compare_later(
-                shadow_task, shadow_pool.name, response, pool.name, outputs_from_grpc
-            )
+        if shadow is not None:
+            shadow.finish(response, pool.name)
         if response is None:
             await context.abort(code, details)
         assert response is not None

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 
+from ..artifacts import version_dir
 from ..errors import UpstreamUnavailable
 from ..server import MLServerProcess, ServerSettings, free_port
 from ..spec import Predictor
@@ -94,17 +95,11 @@ def same_deployment(a: Predictor, b: Predictor) -> bool:
     return all(getattr(a, k) == getattr(b, k) for k in keys)
 
 
-def model_dir(models_root: Path, model: str, version: str) -> Path:
-    from ..artifacts import version_dir
-
-    return version_dir(models_root, model, version)
-
-
 async def start_pool(
     predictor: Predictor, models_root: Path, model: str, log_dir: Path, settings: ServerSettings
 ) -> PredictorPool:
     """Start every replica of a predictor and wait until each has loaded the model."""
-    root = model_dir(models_root, model, predictor.version)
+    root = version_dir(models_root, model, predictor.version)
     replicas = []
     for i in range(predictor.replicas):
         server_settings = settings.model_copy(

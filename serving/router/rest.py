@@ -104,52 +104,40 @@ class RestFront:
             status, message = error_status(e)
             return json_error(status, message)
 
-        shadow_pool = core.shadow_pool() if service == "infer" else None
-        shadow_task = None
-        if shadow_pool is not None and shadow_pool is not pool:
+        async def mirrored(replica: Replica) -> tuple[str, bytes | None]:
+            status, payload, _ = await self.send(replica, request.method, path, body, headers)
+            return str(status), payload if status == 200 else None
 
-            async def mirrored(replica: Replica) -> tuple[str, bytes | None]:
-                status, payload, _ = await self.send(replica, request.method, path, body, headers)
-                return str(status), payload if status == 200 else None
-
-            shadow_task = core.mirror.launch(shadow_pool, mirrored, request.method)
-
+        shadow = core.mirror_if_due(service, pool, mirrored, request.method, outputs_from_rest)
         started = time.perf_counter()
+        primary: bytes | None = None
+        response: web.Response
         try:
             (status, payload, content_type), pool = await core.call(
                 pool, lambda r: self.send(r, request.method, path, body, headers)
             )
+            primary = payload if status == 200 else None
+            response = web.Response(
+                status=status,
+                body=payload,
+                headers={"content-type": content_type, PREDICTOR_HEADER: pool.name},
+            )
         except Exception as e:
             status, message = error_status(e)
-            core.observe(pool, service, request.method, str(status), started)
-            if shadow_task is not None and shadow_pool is not None:
-                core.mirror.compare_later(
-                    shadow_task, shadow_pool.name, None, pool.name, outputs_from_rest
-                )
-            return json_error(status, message, pool.name)
+            response = json_error(status, message, pool.name)
         core.observe(pool, service, request.method, str(status), started)
-        if shadow_task is not None and shadow_pool is not None:
-            core.mirror.compare_later(
-                shadow_task,
-                shadow_pool.name,
-                payload if status == 200 else None,
-                pool.name,
-                outputs_from_rest,
-            )
-        return web.Response(
-            status=status,
-            body=payload,
-            headers={"content-type": content_type, PREDICTOR_HEADER: pool.name},
-        )
+        if shadow is not None:
+            shadow.finish(primary, pool.name)
+        return response
 
     async def metrics(self, request: web.Request) -> web.Response:
         rate = self.core.mirror.stats.rate
         shadow = self.core.state.routes.shadow
         if shadow and rate is not None:
             self.core.metrics.shadow_agreement.labels(self.core.deployment, shadow).set(rate)
-        for p in self.core.state.predictors:
-            self.core.metrics.shadow_in_flight.labels(self.core.deployment, p.name).set(
-                self.core.mirror.in_flight if p.shadow else 0
+        if shadow:
+            self.core.metrics.shadow_in_flight.labels(self.core.deployment, shadow).set(
+                self.core.mirror.in_flight
             )
         return web.Response(
             body=generate_latest(self.core.metrics.registry),

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +21,7 @@ from .metrics import RouterMetrics
 from .replicas import PredictorPool, Replica
 
 logger = logging.getLogger("serving.router")
+T = TypeVar("T")
 
 Decoded = dict[str, tuple[str, np.ndarray]]
 # Sends the mirrored request to one replica: (status code, body when successful else None).
@@ -34,15 +37,14 @@ class Mirror:
         self.in_flight = 0
         self.stats = AgreementStats()
         self.counts = {"sent": 0, "dropped": 0, "failed": 0, "timeout": 0}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _count(self, pool: str, outcome: str) -> None:
         self.counts[outcome] += 1
         self.metrics.shadow_requests.labels(self.metrics.deployment, pool, outcome).inc()
 
-    def launch(
-        self, pool: PredictorPool, call: MirroredCall, method: str
-    ) -> asyncio.Task[bytes | None] | None:
+    def launch(self, pool: PredictorPool, call: MirroredCall, method: str,
+               decode: Callable[[bytes], Decoded]) -> MirroredRequest | None:
         """Start the mirrored call now; None when dropped (limit reached or no live replica)."""
         live = pool.live()
         if self.in_flight >= self.max_in_flight or not live:
@@ -52,7 +54,15 @@ class Mirror:
         self.in_flight += 1
         pool.in_flight += 1
         self._count(pool.name, "sent")
-        return asyncio.ensure_future(self._run(pool, replica, call, method))
+        task = self._keep(self._run(pool, replica, call, method))
+        return MirroredRequest(self, pool.name, task, decode)
+
+    def _keep(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        # The event loop holds tasks weakly: keep a reference until each one is done.
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _run(
         self, pool: PredictorPool, replica: Replica, call: MirroredCall, method: str
@@ -83,43 +93,37 @@ class Mirror:
                                  time.perf_counter() - started)
         return body
 
-    def compare_later(
-        self,
-        shadow_task: asyncio.Task[bytes | None],
-        shadow_pool: str,
-        primary_body: bytes | None,
-        primary_predictor: str,
-        decode: Callable[[bytes], Decoded],
-    ) -> None:
-        task = asyncio.ensure_future(
-            self._compare(shadow_task, shadow_pool, primary_body, primary_predictor, decode)
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _compare(
-        self,
-        shadow_task: asyncio.Task[bytes | None],
-        shadow_pool: str,
-        primary_body: bytes | None,
-        primary_predictor: str,
-        decode: Callable[[bytes], Decoded],
-    ) -> None:
-        shadow_body = await shadow_task
+    async def _compare(self, request: MirroredRequest, primary_body: bytes | None,
+                       primary_predictor: str) -> None:
+        shadow_body = await request.task
         if shadow_body is None or primary_body is None:
             return
         try:
-            result = compare(decode(primary_body), decode(shadow_body), self.rtol)
+            result = compare(request.decode(primary_body), request.decode(shadow_body),
+                             self.rtol)
         except Exception as e:
             logger.warning("could not compare shadow answer: %s", e)
             return
         self.stats.add(result, primary_predictor)
         d = self.metrics.deployment
-        self.metrics.shadow_rows.labels(d, shadow_pool, "agreed").inc(result.agreed)
-        self.metrics.shadow_rows.labels(d, shadow_pool, "disagreed").inc(
-            result.rows - result.agreed
-        )
+        self.metrics.shadow_rows.labels(d, request.shadow, "agreed").inc(result.agreed)
+        self.metrics.shadow_rows.labels(d, request.shadow, "disagreed").inc(
+            result.rows - result.agreed)
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True)
+class MirroredRequest:
+    """One mirrored call in flight; `finish` hands it the primary's answer to compare with."""
+
+    mirror: Mirror
+    shadow: str
+    task: asyncio.Task[bytes | None]
+    decode: Callable[[bytes], Decoded]
+
+    def finish(self, primary_body: bytes | None, primary_predictor: str) -> None:
+        """Compare in the background (None: the primary failed, nothing to compare)."""
+        self.mirror._keep(self.mirror._compare(self, primary_body, primary_predictor))

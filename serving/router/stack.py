@@ -15,6 +15,9 @@ import logging
 import os
 import secrets
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +279,61 @@ def read_state(state_dir: Path) -> dict[str, Any]:
             f"no local stack is running ({path} not found); start one with 'serving up' "
             "or 'make up'"
         ) from None
+
+
+def pid_alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by its parent, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def start_background(
+    values_path: Path,
+    state_dir: Path,
+    log_path: Path,
+    models: Path | None = None,
+    new_session: bool = False,
+    timeout: float = 180.0,
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Run `serving up` as a child process; return it and its state once the stack is ready.
+    (What the demo, the tests, the benchmarks and the load tests all start the stack with.)"""
+    command = [sys.executable, "-m", "serving.cli", "up", "--values", str(values_path),
+               "--state-dir", str(state_dir)] + (["--models", str(models)] if models else [])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=new_session)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServingError(
+                f"'serving up' exited with code {process.returncode} before the stack was "
+                f"ready:\n{log_path.read_text()[-2000:]}")
+        if (state_dir / STATE_FILE).exists():
+            state = read_state(state_dir)
+            if int(state["pid"]) == process.pid:
+                return process, state
+        time.sleep(0.2)
+    stop_background(process)
+    raise ServingError(f"the local stack was not ready within {timeout:g}s; see {log_path}")
+
+
+def stop_background(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """SIGTERM (the stack stops its model servers), then SIGKILL if it does not exit."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def run_stack(

@@ -102,15 +102,17 @@ def test_next_state_is_pure() -> None:
 
 
 def test_mirror_step_runs_the_candidate_as_the_shadow_in_place_of_the_old_one() -> None:
-    s = next_state(fresh(), plan({"mirror": 100}, {"analysis": {}}), None, 1.0)
-    predictors = desired_predictors(s)
+    p = plan({"mirror": 100}, {"analysis": {}})
+    s = next_state(fresh(), p, None, 1.0)
+    predictors = desired_predictors(s, p)
     assert [(p.name, p.version, p.shadow, p.traffic) for p in predictors] == [
         ("stable", "v1", False, 100), ("canary", "v2", True, 100)]
 
 
 def test_canary_steps_split_traffic_and_restore_the_old_shadow() -> None:
-    s = next_state(fresh(), plan({"mirror": 50}, {"setWeight": 30}, {"analysis": {}}), None, 1.0)
-    predictors = desired_predictors(s)
+    p = plan({"mirror": 50}, {"setWeight": 30}, {"analysis": {}})
+    s = next_state(fresh(), p, None, 1.0)
+    predictors = desired_predictors(s, p)
     assert [(p.name, p.version, p.shadow, p.traffic) for p in predictors] == [
         ("stable", "v1", False, 70), ("canary", "v2", False, 30), ("shadow", "v3", True, 50)]
     assert predictors[1].replicas == STABLE.replicas
@@ -121,13 +123,13 @@ def test_rollback_and_abort_give_stable_all_traffic_and_remove_the_candidate(
     phase: Phase,
 ) -> None:
     s = fresh().model_copy(update={"phase": phase})
-    assert [(p.name, p.version, p.traffic) for p in desired_predictors(s)] == [
+    assert [(p.name, p.version, p.traffic) for p in desired_predictors(s, plan())] == [
         ("stable", "v1", 100), ("shadow", "v3", 50)]
 
 
 def test_promotion_makes_the_candidate_the_stable_predictor() -> None:
     s = fresh().model_copy(update={"phase": Phase.PROMOTED, "candidate_env": {"A": "1"}})
-    stable = desired_predictors(s)[0]
+    stable = desired_predictors(s, plan())[0]
     assert (stable.name, stable.version, stable.traffic, stable.env) == (
         "stable", "v2", 100, {"A": "1"})
 

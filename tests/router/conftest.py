@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +16,7 @@ import pytest
 import yaml
 
 from serving import dataset
+from serving.router.stack import start_background, stop_background
 
 ROWS = dataset.sample_rows(200, seed=11)
 
@@ -109,29 +107,12 @@ def start_stack(values: dict[str, Any], tmp: Path, models_root: Path) -> Stack:
               "router": {"port": 0, "grpcPort": 0, **values.get("router", {})}}
     values_path = tmp / "values.yaml"
     values_path.write_text(yaml.safe_dump(values))
-    state_dir = tmp / "state"
-    log = tmp / "up.log"
-    env = {**os.environ, "SERVING_ADMIN_TOKEN": "test-token"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "up", "--values", str(values_path),
-         "--state-dir", str(state_dir)],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 120
-    while not (state_dir / "stack.json").exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise AssertionError(f"serving up did not start:\n{log.read_text()[-3000:]}")
-        time.sleep(0.2)
-    return Stack(process, state_dir, log)
+    process, _ = start_background(values_path, tmp / "state", tmp / "up.log")
+    return Stack(process, tmp / "state", tmp / "up.log")
 
 
 def stop_stack(stack: Stack) -> None:
-    stack.process.send_signal(signal.SIGTERM)
-    try:
-        stack.process.wait(30)
-    except subprocess.TimeoutExpired:
-        stack.process.kill()
-        stack.process.wait()
+    stop_background(stack.process)
 
 
 SPLIT_VALUES = {
