@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..errors import ServingError
-from .rest import json_error
+from .control_api import json_error
 
 if TYPE_CHECKING:
     from .stack import LocalStack

@@ -1,33 +1,25 @@
-"""The transport-agnostic core of the router: both the REST and the gRPC front ends call it.
+"""The router's state in the control process: predictors, their replicas, the routing table.
 
-It decides where a request goes (pin, stickiness, weights, fallback), tries a replica and retries
-once on another replica of the same predictor when the first cannot be reached, records metrics,
-and starts the mirrored copy. The transports only know how to send bytes to one replica.
+nginx (dataplane.py, lua/router.lua) forwards the requests; this is what it routes by, plus what
+the admin API and `serving status` report: weights, replicas, request counts, shadow agreement.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
 
-from ..errors import ServingError, SpecError, UpstreamUnavailable
 from ..spec import Predictor, Spec
 from .metrics import RouterMetrics
-from .replicas import PredictorPool, Replica
-from .shadow import Decoded, Mirror, MirroredCall, MirroredRequest
+from .replicas import PredictorPool
+from .shadow import Mirror
 from .traffic import Routes
 
 logger = logging.getLogger("serving.router")
 
 PREDICTOR_HEADER = "x-seldon-predictor"
-T = TypeVar("T")
-
-
-class UpstreamConnectError(Exception):
-    """The replica could not be reached (refused, reset): safe to retry on another replica."""
 
 
 @dataclass(frozen=True)
@@ -61,84 +53,36 @@ class RouterCore:
         )
         self.state = RouterState(tuple(spec.predictors), pools, Routes.from_spec(spec))
         self.started = time.time()
+        # what nginx counted itself (mirrored pairs it could not hand over); set by the stack
+        self.dataplane_counters: Callable[[], dict[str, int]] = dict
         self._publish_traffic()
 
-    # -- choosing -------------------------------------------------------------------------------
-    def select(self, pin: str | None, sticky_key: str | None) -> tuple[PredictorPool, bool]:
-        """The pool for a request, and whether it is a fallback to stable."""
+    # -- the data plane's view ------------------------------------------------------------------
+    def table(self) -> dict[str, object]:
+        """The routing table nginx routes by (see lua/router.lua), without its generation.
+        Only live replicas are listed; a predictor with none gets 503s (or its fallback)."""
         state = self.state
-        if pin:
-            pool = state.pools.get(pin)
-            if pool is None:
-                raise SpecError(
-                    f"{PREDICTOR_HEADER}: no predictor named {pin!r}; predictors are "
-                    f"{sorted(state.pools)}",
-                    status_code=404,
-                )
-            return pool, False
-        pool = state.pools[state.routes.pick(sticky_key)]
-        if not pool.live() and self.settings.fallback_to_stable:
-            stable = state.pools[state.stable]
-            if stable is not pool and stable.live():
-                self.metrics.fallbacks.labels(self.deployment, pool.name).inc()
-                return stable, True
-        return pool, False
-
-    def mirror_if_due(self, service: str, pool: PredictorPool, call: MirroredCall, method: str,
-                      decode: Callable[[bytes], Decoded]) -> MirroredRequest | None:
-        """Mirror an inference to the shadow when its percentage says so (not when the request
-        is pinned to the shadow itself)."""
-        routes = self.state.routes
-        if service != "infer" or not routes.shadow or not routes.should_mirror():
-            return None
-        shadow = self.state.pools.get(routes.shadow)
-        if shadow is None or shadow is pool:
-            return None
-        return self.mirror.launch(shadow, call, method, decode)
-
-    # -- calling --------------------------------------------------------------------------------
-    async def call(
-        self, pool: PredictorPool, send: Callable[[Replica], Awaitable[T]]
-    ) -> tuple[T, PredictorPool]:
-        """Send to one live replica; if it cannot be reached, once more to another one; if the
-        predictor has no reachable replica and fallback is on, to the stable predictor.
-        Returns the answer and the pool that gave it."""
-        try:
-            return await self._call_pool(pool, send), pool
-        except UpstreamUnavailable:
-            stable = self.state.pools.get(self.state.stable)
-            if not self.settings.fallback_to_stable or stable is None or stable is pool:
-                raise
-            self.metrics.fallbacks.labels(self.deployment, pool.name).inc()
-            return await self._call_pool(stable, send), stable
-
-    async def _call_pool(self, pool: PredictorPool, send: Callable[[Replica], Awaitable[T]]) -> T:
-        pool.in_flight += 1
-        try:
-            order = pool.attempt_order()
-            last_error: Exception | None = None
-            for attempt, replica in enumerate(order[:2]):
-                if attempt:
-                    self.metrics.retries.labels(self.deployment, pool.name).inc()
-                try:
-                    return await send(replica)
-                except UpstreamConnectError as e:
-                    last_error = e
-                    replica.alive = False  # the supervisor revives it once it answers again
-                    logger.warning("replica %s unreachable (%s)", replica.name, e)
-            raise UpstreamUnavailable(
-                f"predictor {pool.name!r}: no replica could be reached ({last_error}); "
-                "retry shortly"
-            )
-        finally:
-            pool.in_flight -= 1
-
-    def observe(
-        self, pool: PredictorPool, service: str, method: str, code: str, started: float
-    ) -> None:
-        self.metrics.observe(
-            pool.name, pool.version, service, method, code, time.perf_counter() - started
-        )
+        weights = [[name, w] for name, w in state.routes.weights.items() if w > 0]
+        table: dict[str, object] = {
+            "stable": state.stable,
+            "fallback": self.settings.fallback_to_stable,
+            "weights": weights,
+            "totalWeight": sum(w for _, w in weights),
+            "mirrorPercent": state.routes.mirror_percent,
+            "predictors": {
+                name: {
+                    "version": pool.version,
+                    "pool": str(pool.uid),
+                    "replicas": len(pool.replicas),
+                    "rest": [r.rest_url.removeprefix("http://") for r in pool.live()],
+                    "grpc": [r.server.grpc_target for r in pool.live()],
+                }
+                for name, pool in state.pools.items()
+            },
+        }
+        if state.routes.shadow:  # absent rather than null: JSON null is truthy in Lua
+            table["shadow"] = state.routes.shadow
+        return table
 
     # -- changing -------------------------------------------------------------------------------
     def swap(self, predictors: list[Predictor], pools: dict[str, PredictorPool]) -> RouterState:
@@ -158,6 +102,7 @@ class RouterCore:
     # -- reading --------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         state = self.state
+        self.mirror.sync_dataplane(state.routes.shadow, self.dataplane_counters())
         weights = state.routes.weights
         predictors = []
         for p in state.predictors:
@@ -227,8 +172,3 @@ def is_server_error(code: str) -> bool:
     """The model's fault, not the caller's: HTTP 5xx or the matching gRPC codes."""
     return code.startswith("5") or code in SERVER_ERROR_GRPC_CODES
 
-
-def error_status(e: Exception) -> tuple[int, str]:
-    if isinstance(e, ServingError):
-        return e.status_code, e.message
-    return 500, f"router error: {e}"

@@ -5,19 +5,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 
 from ..artifacts import version_dir
-from ..errors import UpstreamUnavailable
 from ..server import MLServerProcess, ServerSettings, free_port
 from ..spec import Predictor
 
 logger = logging.getLogger("serving.router")
 # Shadows get only CPU time nothing else wants (SCHED_IDLE): mirrored work must not slow callers.
 SHADOW_NICENESS = 19
+_pool_ids = itertools.count(1)
 
 
 @dataclass
@@ -61,9 +62,10 @@ class PredictorPool:
     predictor: Predictor
     replicas: list[Replica]
     in_flight: int = 0
+    """Mirrored calls in flight (nginx counts the callers' requests, per `uid`)."""
+    uid: int = field(default_factory=lambda: next(_pool_ids))
     stopped: bool = False
     """Set once the pool is retired: a replica restart in progress must not revive it."""
-    _turn: itertools.count[int] = field(default_factory=itertools.count)
 
     @property
     def name(self) -> str:
@@ -75,17 +77,6 @@ class PredictorPool:
 
     def live(self) -> list[Replica]:
         return [r for r in self.replicas if r.alive]
-
-    def attempt_order(self) -> list[Replica]:
-        """Live replicas, round-robin: the first is tried, the next one is the retry."""
-        live = self.live()
-        if not live:
-            raise UpstreamUnavailable(
-                f"predictor {self.name!r} has no live replica ({len(self.replicas)} down); "
-                "it is being restarted, retry shortly"
-            )
-        start = next(self._turn) % len(live)
-        return live[start:] + live[:start]
 
 
 def same_deployment(a: Predictor, b: Predictor) -> bool:
@@ -128,11 +119,16 @@ async def start_pool(
     return pool
 
 
-async def stop_pool(pool: PredictorPool, drain_timeout: float = 10.0) -> None:
-    """Wait for in-flight requests to finish, then stop the processes."""
+async def stop_pool(pool: PredictorPool, drain_timeout: float = 10.0,
+                    in_flight: Callable[[], Awaitable[int]] | None = None) -> None:
+    """Wait for in-flight requests to finish (mirrored ones here, plus what `in_flight` reports:
+    nginx's count for this predictor), then stop the processes."""
     pool.stopped = True
-    deadline = asyncio.get_running_loop().time() + drain_timeout
-    while pool.in_flight and asyncio.get_running_loop().time() < deadline:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + drain_timeout
+    while loop.time() < deadline:
+        if not pool.in_flight and (in_flight is None or not await in_flight()):
+            break
         await asyncio.sleep(0.05)
     for r in pool.replicas:
         r.alive = False

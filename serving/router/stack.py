@@ -14,26 +14,30 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import grpc
 import httpx
 from aiohttp import web
 
 from ..errors import ServingError
-from ..server import ServerSettings
+from ..server import ServerSettings, free_port
 from ..spec import Predictor, Spec, parse_spec, spec_to_values
 from .admin import AdminApi
+from .control_api import ControlApi
 from .core import RouterCore
-from .grpc_front import GrpcFront
+from .dataplane import Nginx, Sockets, render_config
 from .replicas import PredictorPool, Replica, same_deployment, start_pool, stop_pool
-from .rest import RestFront
+from .shadow import HandoffReceiver
+from .telemetry import TelemetryReceiver
 from .traffic import updated_predictors
 
 logger = logging.getLogger("serving.router")
@@ -59,6 +63,9 @@ class LocalStack:
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
         self._restarting: set[str] = set()
+        self.nginx: Nginx | None = None
+        self._published: dict[str, Any] | None = None
+        self._generation = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def _start_pool(self, predictor: Predictor) -> PredictorPool:
@@ -77,31 +84,37 @@ class LocalStack:
             await asyncio.gather(*(stop_pool(p) for p in started))
             raise failed[0]
         self.core = RouterCore(self.spec, {p.name: p for p in started})
+        rs = self.spec.router
+        # Unix socket paths are limited to 108 bytes: keep them short, whatever the state dir.
+        run_dir = Path(tempfile.mkdtemp(prefix="serving-"))
+        sockets = Sockets(run_dir)
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
         )
         runner: web.AppRunner | None = None
-        grpc_server: grpc.aio.Server | None = None
+        servers: list[asyncio.Server] = []
         monitor: asyncio.Task[None] | None = None
         try:  # whatever fails from here on, the model servers are stopped on the way out
-            app = web.Application(client_max_size=self.spec.router.max_body_bytes)
-            app.add_routes(RestFront(self.core, session).routes() + AdminApi(self).routes())
+            app = web.Application(client_max_size=1024 * 1024)
+            app.add_routes(ControlApi(self.core).routes() + AdminApi(self).routes())
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            rs = self.spec.router
-            site = web.TCPSite(runner, rs.host, rs.port, reuse_address=True)
-            await site.start()
-            rest_port = runner.addresses[0][1]
+            await web.UnixSite(runner, str(sockets.control)).start()
+            telemetry = TelemetryReceiver(self.core.metrics)
+            handoffs = HandoffReceiver(self.core, session)
+            servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
+            servers.append(await asyncio.start_unix_server(handoffs.handle, sockets.shadow))
 
-            grpc_server = grpc.aio.server()
-            grpc_server.add_generic_rpc_handlers((GrpcFront(self.core),))
-            grpc_port = grpc_server.add_insecure_port(f"{rs.host}:{rs.grpc_port}")
-            if grpc_port == 0:
-                raise ServingError(f"cannot listen for gRPC on {rs.host}:{rs.grpc_port}")
-            await grpc_server.start()
+            rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
+            config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
+                                   self.log_dir / "nginx-error.log")
+            self.nginx = Nginx(config, run_dir, sockets)
+            await asyncio.to_thread(self.nginx.start)
+            self.core.dataplane_counters = self.nginx.counters
+            await self._publish()
 
             # Objects made at start-up live as long as the router: keep them out of the cyclic
-            # GC's scans, so collections stay short under load (they showed as p99 spikes).
+            # GC's scans, so collections stay short (they showed as latency spikes).
             gc.collect()
             gc.freeze()
             self._write_state(rest_port, grpc_port)
@@ -112,17 +125,31 @@ class LocalStack:
             logger.info("stopping: router, then model servers")
             if monitor is not None:
                 monitor.cancel()
-            if grpc_server is not None:
-                await grpc_server.stop(grace=2)
+            if self.nginx is not None:
+                await asyncio.to_thread(self.nginx.stop)
+            for server in servers:
+                server.close()
             if runner is not None:
                 await runner.cleanup()
-            await session.close()
             await self.core.mirror.drain()
+            await session.close()
             await asyncio.gather(
                 *(stop_pool(p, drain_timeout=2) for p in self.core.state.pools.values())
             )
+            shutil.rmtree(run_dir, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 (self.state_dir / STATE_FILE).unlink()
+
+    async def _publish(self, force: bool = False) -> None:
+        """Send nginx the routing table if it changed (weights, predictors, live replicas)."""
+        if self.nginx is None:
+            return
+        table = self.core.table()
+        if table == self._published and not force:
+            return
+        self._generation += 1
+        await asyncio.to_thread(self.nginx.push_table, {**table, "generation": self._generation})
+        self._published = table
 
     def stop(self) -> None:
         self._stopping.set()
@@ -170,6 +197,7 @@ class LocalStack:
     async def _monitor(self) -> None:
         while True:
             await asyncio.sleep(0.5)
+            await self._publish()  # replicas that died or came back since the last tick
             for pool in list(self.core.state.pools.values()):
                 for replica in pool.replicas:
                     process = replica.server.process
@@ -198,6 +226,7 @@ class LocalStack:
 
     async def _restart(self, pool: PredictorPool, replica: Replica, code: int | None) -> None:
         replica.alive = False
+        await self._publish()
         replica.restarts += 1
         self.core.metrics.restarts.labels(self.core.deployment, pool.name).inc()
         print(
@@ -216,6 +245,7 @@ class LocalStack:
                 await asyncio.to_thread(replica.server.stop)
                 return
             replica.alive = True
+            await self._publish()
             print(f"replica {replica.name} is back (pid {replica.pid})", flush=True)
         except ServingError as e:
             print(f"replica {replica.name} failed to restart: {e.message}", flush=True)
@@ -234,6 +264,7 @@ class LocalStack:
             for p in predictors:
                 pools[p.name].predictor = p
             state = self.core.swap(predictors, pools)
+            await self._publish(force=True)
             logger.info("traffic now %s", state.routes.as_dict())
             return state.routes.as_dict()
 
@@ -264,10 +295,16 @@ class LocalStack:
                 raise
             retired += [pool for name, pool in current.items() if name not in pools]
             self.core.swap(list(new_spec.predictors), pools)
+            await self._publish(force=True)
             self.spec = new_spec
             logger.info("predictors now %s", [f"{p.name}:{p.version}" for p in new_spec.predictors])
         for pool in retired:
-            await stop_pool(pool)
+            await stop_pool(pool, in_flight=self._nginx_in_flight(pool.uid))
+
+    def _nginx_in_flight(self, pool_uid: int) -> Callable[[], Awaitable[int]]:
+        async def count() -> int:
+            return await asyncio.to_thread(self.nginx.in_flight, pool_uid) if self.nginx else 0
+        return count
 
 
 def read_state(state_dir: Path) -> dict[str, Any]:

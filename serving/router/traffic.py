@@ -1,15 +1,12 @@
-"""The routing table: which predictor a request goes to, and whether it is mirrored.
+"""Traffic: the weights of the non-shadow predictors and the shadow's mirror percentage.
 
-A `Routes` snapshot is immutable; changing weights builds a new one and swaps a single reference,
-so a request in flight always sees one consistent table (no lost or half-routed requests).
+A `Routes` snapshot is immutable; a change builds a new one, validated with the operator's rules,
+and the control process pushes it to nginx as one table (lua/router.lua picks by it per request).
 """
 
 from __future__ import annotations
 
-import bisect
-import hashlib
-import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..errors import SpecError
 from ..spec import Predictor, Spec, seldon_rule_violations
@@ -23,17 +20,6 @@ class Routes:
     shadow: str | None = None
     mirror_percent: int = 0
     generation: int = 0
-    _names: list[str] = field(default_factory=list, repr=False, compare=False)
-    _cumulative: list[float] = field(default_factory=list, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        live = [(n, w) for n, w in self.weights.items() if w > 0]
-        total = float(sum(w for _, w in live)) or 1.0
-        running = 0.0
-        for name, weight in live:
-            running += weight / total
-            self._names.append(name)
-            self._cumulative.append(running)
 
     @classmethod
     def from_spec(cls, spec: Spec, generation: int = 0) -> Routes:
@@ -45,17 +31,6 @@ class Routes:
             generation=generation,
         )
 
-    def pick(self, sticky_key: str | None = None) -> str:
-        """A predictor by weight; with a sticky key, the same key always gets the same one."""
-        if not self._names:
-            raise SpecError("no predictor has traffic > 0", status_code=503)
-        point = _hash_unit(sticky_key) if sticky_key else random.random()
-        index = bisect.bisect_right(self._cumulative, point)
-        return self._names[min(index, len(self._names) - 1)]
-
-    def should_mirror(self) -> bool:
-        return self.shadow is not None and random.random() * 100 < self.mirror_percent
-
     def as_dict(self) -> dict[str, object]:
         return {
             "weights": dict(self.weights),
@@ -63,12 +38,6 @@ class Routes:
             "mirrorPercent": self.mirror_percent,
             "generation": self.generation,
         }
-
-
-def _hash_unit(key: str) -> float:
-    """A stable point in [0, 1) for a caller id (not Python's per-process randomised hash)."""
-    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
 
 
 def updated_predictors(

@@ -1,0 +1,359 @@
+-- The router's per-request logic, run inside nginx (the data plane; see dataplane.py).
+--
+-- The Python control process owns the routing table (weights, mirror percentage, live replicas)
+-- and pushes it here as one JSON document (put_table); every request reads the current one, so a
+-- change is atomic and needs no reload. Per request: pick a predictor (pin, sticky key, weights,
+-- fallback), pick a live replica (retry once on another one), name the predictor in a response
+-- header, and, for mirrored requests, capture both bodies and hand them to the control process,
+-- which calls the shadow and compares answers off the request path.
+
+local cjson = require "cjson.safe"
+local balancer = require "ngx.balancer"
+local ffi = require "ffi"
+
+ffi.cdef [[
+  typedef struct { long tv_sec; long tv_nsec; } serving_timespec;
+  int clock_gettime(int clk_id, serving_timespec *tp);
+]]
+local timespec = ffi.new("serving_timespec")
+local function now()  -- monotonic seconds with microsecond resolution (ngx.now() has ms)
+  ffi.C.clock_gettime(1, timespec)
+  return tonumber(timespec.tv_sec) + tonumber(timespec.tv_nsec) * 1e-9
+end
+
+local _M = {}
+local shared = ngx.shared.router
+local conf = {}            -- set once by init(): socket paths and limits from the config
+local cached, cached_gen = nil, -1
+local turn = 0             -- round-robin over replicas
+local log_lines, log_dropped = {}, 0
+
+local GRPC_UNAVAILABLE, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED = 14, 5, 8
+local GRPC_DEADLINE_EXCEEDED = 4
+local HTTP_TO_GRPC = { [404] = GRPC_NOT_FOUND, [413] = GRPC_RESOURCE_EXHAUSTED,
+                       [503] = GRPC_UNAVAILABLE, [504] = GRPC_DEADLINE_EXCEEDED }
+
+function _M.init(settings)
+  conf = settings
+end
+
+-- The routing table, decoded once per change (per worker).
+local function current()
+  local gen = shared:get("generation")
+  if gen ~= cached_gen then
+    local decoded = cjson.decode(shared:get("table") or "null")
+    if decoded then
+      cached, cached_gen = decoded, decoded.generation
+    end
+  end
+  return cached
+end
+
+-- A gRPC "trailers-only" answer: the status in the only HEADERS frame, which must end the
+-- stream (status 204 makes nginx send no body, hence END_STREAM on the headers).
+local function grpc_status(code, message)
+  ngx.status = 204
+  ngx.header["content-type"] = "application/grpc"
+  ngx.header["grpc-status"] = code
+  ngx.header["grpc-message"] = ngx.escape_uri(message)
+  return ngx.exit(204)
+end
+
+-- An error answer in the caller's protocol: JSON for REST, a gRPC status for gRPC.
+local function reject(kind, status, message)
+  ngx.ctx.error = true
+  if kind == "grpc" then
+    return grpc_status(HTTP_TO_GRPC[status] or 13, message)
+  end
+  ngx.status = status
+  ngx.header["content-type"] = "application/json"
+  ngx.print(cjson.encode({ error = message }))
+  return ngx.exit(status)
+end
+
+local function names(t)
+  local list = {}
+  for name in pairs(t.predictors) do list[#list + 1] = "'" .. name .. "'" end
+  table.sort(list)
+  return "[" .. table.concat(list, ", ") .. "]"
+end
+
+-- A point in [0, 1): random, or fixed for a caller id so it stays on one predictor.
+local function point(key)
+  if key and key ~= "" then
+    return (ngx.crc32_long(key) % 1000003) / 1000003
+  end
+  return math.random()
+end
+
+local function pick(t, key)
+  local x, acc = point(key) * t.totalWeight, 0
+  for _, entry in ipairs(t.weights) do
+    acc = acc + entry[2]
+    if x < acc then return entry[1] end
+  end
+  return t.weights[#t.weights][1]
+end
+
+-- Replicas of a predictor this router may send to: live per the control process, and not
+-- refused a connection in the last second (marked by balance()).
+local function live(p, kind)
+  local out = {}
+  for _, addr in ipairs(p[kind]) do
+    if not shared:get("down:" .. addr) then out[#out + 1] = addr end
+  end
+  return out
+end
+
+local function service_of(kind, uri)
+  if kind == "grpc" then
+    local method = uri:match("([^/]+)$") or ""
+    if method == "ModelInfer" then return "infer" end
+    if method:sub(-5) == "Ready" then return "ready" end
+    if method == "ServerLive" then return "live" end
+    return "metadata"
+  end
+  if uri:sub(-6) == "/infer" then return "infer" end
+  if uri:sub(-6) == "/ready" then return "ready" end
+  if uri:sub(-5) == "/live" then return "live" end
+  return "metadata"
+end
+
+-- access phase: choose the predictor and its replicas; decide whether to mirror.
+function _M.access(kind, sticky_key)
+  local ctx = ngx.ctx
+  local var = ngx.var
+  -- Kept in nginx variables, not ngx.ctx: they must survive error_page's internal redirect.
+  var.started = now()
+  var.service = service_of(kind, var.uri)
+  local service = var.service
+  local t = current()
+  if not t then
+    return reject(kind, 503, "the router has no routing table yet; retry shortly")
+  end
+  local pin = ngx.var.http_x_seldon_predictor
+  local name
+  if pin and pin ~= "" then
+    if not t.predictors[pin] then
+      return reject(kind, 404, "x-seldon-predictor: no predictor named '" .. pin ..
+        "'; predictors are " .. names(t))
+    end
+    name = pin
+  else
+    if #t.weights == 0 then
+      return reject(kind, 503, "no predictor has traffic > 0")
+    end
+    name = pick(t, sticky_key)
+  end
+  local p = t.predictors[name]
+  local peers = live(p, kind)
+  if #peers == 0 and not pin and t.fallback and name ~= t.stable then
+    local stable = t.predictors[t.stable]
+    local stable_peers = live(stable, kind)
+    if #stable_peers > 0 then
+      ctx.fallback_from = name
+      name, p, peers = t.stable, stable, stable_peers
+    end
+  end
+  var.predictor, var.predictor_version = name, p.version
+  if ctx.fallback_from then var.fallback_from = ctx.fallback_from end
+  if #peers == 0 then
+    return reject(kind, 503, "predictor '" .. name .. "' has no live replica (" ..
+      p.replicas .. " down); it is being restarted, retry shortly")
+  end
+  ctx.peers = peers
+  -- per pool (not per name: a replaced predictor keeps its name), read before a pool is stopped
+  var.counted = p.pool
+  shared:incr("in_flight:" .. p.pool, 1, 0)
+  if service == "infer" and t.shadow and t.shadow ~= name and
+      math.random() * 100 < t.mirrorPercent then
+    ctx.mirror = t.shadow
+  end
+  if kind == "grpc" or ctx.mirror then
+    -- gRPC bodies are read whole so a refused connection can be retried on another replica;
+    -- mirrored bodies so they can be handed to the shadow afterwards.
+    ngx.req.read_body()
+    if ctx.mirror then ctx.request_body = ngx.req.get_body_data() end
+  end
+end
+
+-- balancer phase: the first try goes to the next replica in turn, a retry to the one after it.
+function _M.balance()
+  local ctx = ngx.ctx
+  local peers = ctx.peers
+  if not ctx.tries then
+    ctx.tries = 0
+    turn = turn + 1
+    ctx.first = turn
+    if #peers > 1 then balancer.set_more_tries(1) end
+  else
+    local _, failure = balancer.get_last_failure()
+    if failure then
+      -- refused or reset: keep other requests off it until the control process says otherwise
+      local failed = peers[(ctx.first + ctx.tries - 1) % #peers + 1]
+      shared:set("down:" .. failed, true, 1)
+    end
+  end
+  local addr = peers[(ctx.first + ctx.tries) % #peers + 1]
+  ctx.tries = ctx.tries + 1
+  local host, port = addr:match("^(.+):(%d+)$")
+  local ok, err = balancer.set_current_peer(host, tonumber(port))
+  if not ok then ngx.log(ngx.ERR, "set_current_peer ", addr, ": ", err) end
+end
+
+-- Every answer says which predictor served it (also errors nginx generated itself).
+function _M.header_filter()
+  local name = ngx.var.predictor
+  if name ~= "" then ngx.header["x-seldon-predictor"] = name end
+end
+
+function _M.body_filter()
+  local ctx = ngx.ctx
+  if ctx.mirror then
+    local chunk = ngx.arg[1]
+    if chunk ~= "" then
+      local parts = ctx.parts or {}
+      parts[#parts + 1] = chunk
+      ctx.parts = parts
+    end
+  end
+end
+
+-- error_page targets: nginx's own errors, answered in the caller's protocol.
+function _M.upstream_error(kind, status)
+  local name = ngx.var.predictor
+  if status == 504 then
+    return reject(kind, 504, "predictor '" .. name .. "' did not answer within " ..
+      conf.upstreamTimeout .. "s (router.upstreamTimeoutSeconds)")
+  end
+  if status == 413 then
+    return reject(kind, 413, "request body above " .. conf.maxBodyBytes ..
+      " bytes (router.maxBodyBytes); send fewer rows per request")
+  end
+  return reject(kind, 503, "predictor '" .. name ..
+    "': no replica could be reached; retry shortly")
+end
+
+local function grpc_code()
+  local v = ngx.var
+  return v.upstream_trailer_grpc_status or v.upstream_http_grpc_status or
+    v.sent_http_grpc_status or "-"
+end
+
+local function hand_to_shadow(premature, frame)
+  if premature then return end
+  local sock = ngx.socket.tcp()
+  sock:settimeout(conf.handoffTimeoutMs)
+  local ok = sock:connect(conf.shadowSocket)
+  if ok then ok = sock:send(frame) end
+  if ok then
+    sock:setkeepalive(60000, 64)
+  else
+    sock:close()
+    shared:incr("handoff_dropped", 1, 0)
+  end
+  shared:incr("handoff_in_flight", -1, 0)
+end
+
+-- log phase: one metrics line per request (sent in batches by flush()), and the mirrored pair.
+function _M.log(kind)
+  local var = ngx.var
+  local name = var.predictor
+  if name == "" then return end  -- refused before a predictor was chosen (bad path, metadata)
+  local ctx = ngx.ctx
+  if var.counted ~= "" then shared:incr("in_flight:" .. var.counted, -1, 0) end
+  local code = kind == "grpc" and grpc_code() or var.status
+  local addrs = var.upstream_addr or ""
+  local _, retries = addrs:gsub(",", "")
+  if #log_lines < 100000 then
+    local fallback_from = var.fallback_from
+    log_lines[#log_lines + 1] = table.concat({ name, var.predictor_version, var.service,
+      kind == "grpc" and "unary" or ngx.req.get_method(), code,
+      string.format("%.6f", now() - tonumber(var.started)), retries,
+      fallback_from ~= "" and fallback_from or "-" }, " ")
+  else
+    log_dropped = log_dropped + 1
+  end
+  if ctx.mirror and not ctx.error and ctx.parts then
+    local in_flight = shared:incr("handoff_in_flight", 1, 0)
+    if in_flight > conf.maxHandoffs then
+      shared:incr("handoff_in_flight", -1, 0)
+      shared:incr("handoff_dropped", 1, 0)
+      return
+    end
+    local request = ctx.request_body or ""
+    local response = table.concat(ctx.parts or {})
+    local path = kind == "grpc" and var.uri or var.tail
+    local head = table.concat({ kind, ctx.mirror, name, path, code, #request, #response },
+      " ") .. "\n"
+    local ok = ngx.timer.at(0, hand_to_shadow, { head, request, response })
+    if not ok then
+      shared:incr("handoff_in_flight", -1, 0)
+      shared:incr("handoff_dropped", 1, 0)
+    end
+  end
+end
+
+-- Every 100 ms, each worker sends its metrics lines to the control process in one write.
+local function flush(premature)
+  if #log_lines == 0 and log_dropped == 0 then return end
+  local batch = log_lines
+  log_lines = {}
+  if log_dropped > 0 then
+    batch[#batch + 1] = "#dropped " .. log_dropped
+    log_dropped = 0
+  end
+  local sock = ngx.socket.tcp()
+  sock:settimeout(1000)
+  local ok, err = sock:connect(conf.telemetrySocket)
+  if ok then ok, err = sock:send(table.concat(batch, "\n") .. "\n") end
+  if ok then
+    sock:setkeepalive(60000, 1)
+  else
+    sock:close()
+    ngx.log(ngx.WARN, "metrics lines lost (control process unreachable): ", err)
+  end
+end
+
+function _M.init_worker()
+  math.randomseed(ngx.worker.pid() * 1000 + math.floor(ngx.now() * 1000) % 1000)
+  ngx.timer.every(0.1, flush)
+end
+
+-- gRPC calls without the deployment's metadata, or for another service.
+function _M.reject_grpc_metadata(deployment, namespace)
+  return reject("grpc", 404, "no SeldonDeployment for metadata seldon='" ..
+    (ngx.var.http_seldon or "") .. "' namespace='" .. (ngx.var.http_namespace or "") ..
+    "'; send metadata seldon=" .. deployment .. ", namespace=" .. namespace)
+end
+
+function _M.reject_unimplemented()
+  return grpc_status(12, "only inference.GRPCInferenceService is served")
+end
+
+-- PUT /table on the control socket: the control process installs a new routing table.
+function _M.put_table()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  local t = body and cjson.decode(body)
+  if type(t) ~= "table" or type(t.generation) ~= "number" or type(t.predictors) ~= "table" then
+    ngx.status = 400
+    ngx.say("expected a routing table as JSON")
+    return ngx.exit(400)
+  end
+  shared:set("table", body)
+  shared:set("generation", t.generation)
+  ngx.say("ok")
+end
+
+-- GET /counters on the control socket: what the data plane itself dropped.
+function _M.counters()
+  ngx.header["content-type"] = "application/json"
+  local counters = { handoffDropped = shared:get("handoff_dropped") or 0,
+                     handoffInFlight = shared:get("handoff_in_flight") or 0 }
+  local name = ngx.var.arg_in_flight
+  if name then counters.inFlight = shared:get("in_flight:" .. name) or 0 end
+  ngx.say(cjson.encode(counters))
+end
+
+return _M
