@@ -26,13 +26,13 @@ class ControlApi:
     async def metrics(self, request: web.Request) -> web.Response:
         core = self.core
         shadow = core.state.routes.shadow
-        core.mirror.sync_dataplane(shadow, core.dataplane_counters())
-        rate = core.mirror.stats.rate
+        core.shadow.sync_dataplane(shadow, core.dataplane_counters())
+        rate = core.shadow.stats.rate
         if shadow and rate is not None:
             core.metrics.shadow_agreement.labels(core.deployment, shadow).set(rate)
         if shadow:
             core.metrics.shadow_in_flight.labels(core.deployment, shadow).set(
-                core.mirror.in_flight
+                core.shadow.in_flight
             )
         return web.Response(
             body=generate_latest(core.metrics.registry),

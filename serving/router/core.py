@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ..spec import Predictor, Spec
 from .metrics import RouterMetrics
 from .replicas import PredictorPool
-from .shadow import Mirror
+from .shadow import ShadowLedger
 from .traffic import Routes
 
 logger = logging.getLogger("serving.router")
@@ -45,12 +45,7 @@ class RouterCore:
         self.model = spec.model.name
         self.settings = spec.router
         self.metrics = RouterMetrics(self.deployment)
-        self.mirror = Mirror(
-            self.metrics,
-            spec.router.shadow.max_in_flight,
-            spec.router.shadow.timeout_seconds,
-            spec.router.shadow.rtol,
-        )
+        self.shadow = ShadowLedger(self.metrics)
         self.state = RouterState(tuple(spec.predictors), pools, Routes.from_spec(spec))
         self.started = time.time()
         # what nginx counted itself (mirrored pairs it could not hand over); set by the stack
@@ -102,7 +97,7 @@ class RouterCore:
     # -- reading --------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         state = self.state
-        self.mirror.sync_dataplane(state.routes.shadow, self.dataplane_counters())
+        self.shadow.sync_dataplane(state.routes.shadow, self.dataplane_counters())
         weights = state.routes.weights
         predictors = []
         for p in state.predictors:
@@ -135,9 +130,9 @@ class RouterCore:
             "predictors": predictors,
             "requests": self.request_counts(),
             "shadow": {
-                "inFlight": self.mirror.in_flight,
-                **self.mirror.counts,
-                "agreement": self.mirror.stats.as_dict(),
+                "inFlight": self.shadow.in_flight,
+                **self.shadow.counts,
+                "agreement": self.shadow.stats.as_dict(),
             },
             "uptimeSeconds": round(time.time() - self.started, 1),
         }

@@ -1,56 +1,62 @@
 """Mirroring to the shadow: fire-and-forget, bounded, timed out, and compared with the primary.
 
-The caller never waits for the shadow: nginx answers the caller first, then hands the request and
-the primary's answer over a unix socket (lua/router.lua); `HandoffReceiver` sends the request to a
-shadow replica and compares the two answers. When `max_in_flight` mirrored calls are already
-running, new ones are dropped and counted, never queued (nginx also drops, and counts, hand-overs
-the control process does not take fast enough).
+The caller never waits for the shadow. nginx answers the caller first, then hands the request
+and the primary's answer over a unix socket (lua/router.lua) to the shadow worker, a process of
+its own in the idle CPU class (shadow_worker.py), like the shadow's model servers: mirrored work
+only gets CPU time that callers' requests do not want. The worker sends the request to a shadow
+replica, compares the two answers, and reports back to the control process as metrics lines
+(telemetry.py), where `ShadowLedger` keeps the counts and the agreement.
+
+When `max_in_flight` mirrored calls are already running, new ones are dropped and counted, never
+queued (nginx also drops, and counts, hand-overs the worker does not take fast enough).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from asyncio import StreamReader, StreamWriter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import grpc
 import numpy as np
 
-from .compare import AgreementStats, compare, outputs_from_grpc, outputs_from_rest
+from .compare import AgreementStats, Comparison, compare, outputs_from_grpc, outputs_from_rest
 from .metrics import RouterMetrics
-from .replicas import PredictorPool, Replica
-
-if TYPE_CHECKING:
-    from .core import RouterCore
 
 logger = logging.getLogger("serving.router")
 T = TypeVar("T")
 
 Decoded = dict[str, tuple[str, np.ndarray]]
-# Sends the mirrored request to one replica: (status code, body when successful else None).
-MirroredCall = Callable[[Replica], Awaitable[tuple[str, bytes | None]]]
+OUTCOMES = ("sent", "dropped", "failed", "timeout")
 
 
-class Mirror:
-    def __init__(self, metrics: RouterMetrics, max_in_flight: int, timeout: float, rtol: float):
+# -- in the control process ------------------------------------------------------------------------
+class ShadowLedger:
+    """The shadow's counts and agreement, from the worker's report lines (see `Report`)."""
+
+    def __init__(self, metrics: RouterMetrics) -> None:
         self.metrics = metrics
-        self.max_in_flight = max_in_flight
-        self.timeout = timeout
-        self.rtol = rtol
         self.in_flight = 0
         self.stats = AgreementStats()
-        self.counts = {"sent": 0, "dropped": 0, "failed": 0, "timeout": 0}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counts = dict.fromkeys(OUTCOMES, 0)
         self._dataplane_dropped = 0
 
-    def _count(self, pool: str, outcome: str, n: int = 1) -> None:
-        self.counts[outcome] += n
-        self.metrics.shadow_requests.labels(self.metrics.deployment, pool, outcome).inc(n)
+    def count(self, shadow: str, outcome: str, n: int = 1) -> None:
+        if outcome in self.counts:
+            self.counts[outcome] += n
+            self.metrics.shadow_requests.labels(self.metrics.deployment, shadow, outcome).inc(n)
+
+    def compared(self, shadow: str, primary: str, result: Comparison) -> None:
+        self.stats.add(result, primary)
+        d = self.metrics.deployment
+        self.metrics.shadow_rows.labels(d, shadow, "agreed").inc(result.agreed)
+        self.metrics.shadow_rows.labels(d, shadow, "disagreed").inc(result.rows - result.agreed)
 
     def sync_dataplane(self, shadow: str | None, dataplane: dict[str, int]) -> None:
         """Fold nginx's own drop count (hand-overs it could not make) into ours."""
@@ -58,21 +64,81 @@ class Mirror:
         new = total - self._dataplane_dropped
         if new > 0 and shadow:
             self._dataplane_dropped = total
-            self._count(shadow, "dropped", new)
+            self.count(shadow, "dropped", new)
 
-    def launch(self, pool: PredictorPool, call: MirroredCall, method: str,
-               decode: Callable[[bytes], Decoded]) -> MirroredRequest | None:
-        """Start the mirrored call now; None when dropped (limit reached or no live replica)."""
-        live = pool.live()
-        if self.in_flight >= self.max_in_flight or not live:
-            self._count(pool.name, "dropped")
+
+# -- in the shadow worker --------------------------------------------------------------------------
+class Report(Protocol):
+    """Where the worker's findings go (shadow_worker.TelemetryWriter: lines to the control
+    process, which applies them to its ShadowLedger and metrics)."""
+
+    def count(self, shadow: str, outcome: str) -> None: ...
+    def observe(self, shadow: str, version: str, method: str, code: str, seconds: float) -> None: ...
+    def compared(self, shadow: str, primary: str, result: Comparison) -> None: ...
+
+
+@dataclass
+class ShadowReplica:
+    rest_url: str
+    grpc_target: str
+    _channel: grpc.aio.Channel | None = None
+
+    def channel(self) -> grpc.aio.Channel:
+        # Created lazily inside the running event loop, reused for every call.
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.grpc_target)
+        return self._channel
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+@dataclass
+class ShadowPool:
+    """The shadow predictor's live replicas, as the routing table lists them."""
+
+    name: str
+    version: str
+    replicas: list[ShadowReplica]
+    in_flight: int = 0
+
+    @classmethod
+    def from_table(cls, table: dict[str, Any]) -> ShadowPool | None:
+        name = table.get("shadow")
+        if not name:
             return None
-        replica = live[pool.in_flight % len(live)]
+        p = table["predictors"][name]
+        return cls(name, p["version"], [ShadowReplica("http://" + rest, grpc_target)
+                                        for rest, grpc_target in zip(p["rest"], p["grpc"], strict=True)])
+
+
+# Sends the mirrored request to one replica: (status code, body when successful else None).
+MirroredCall = Callable[[ShadowReplica], Awaitable[tuple[str, bytes | None]]]
+
+
+@dataclass
+class Mirror:
+    report: Report
+    max_in_flight: int
+    timeout: float
+    rtol: float
+    in_flight: int = 0
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def launch(self, pool: ShadowPool, call: MirroredCall, method: str,
+               decode: Callable[[bytes], Decoded], primary: str, answer: bytes | None) -> None:
+        """Start the mirrored call now, and compare once it answers (with `answer`, the primary's;
+        None when the primary failed: nothing to compare). Dropped when the limit is reached or
+        the shadow has no live replica."""
+        if self.in_flight >= self.max_in_flight or not pool.replicas:
+            self.report.count(pool.name, "dropped")
+            return
+        replica = pool.replicas[pool.in_flight % len(pool.replicas)]
         self.in_flight += 1
         pool.in_flight += 1
-        self._count(pool.name, "sent")
-        task = self._keep(self._run(pool, replica, call, method))
-        return MirroredRequest(self, pool.name, task, decode)
+        self.report.count(pool.name, "sent")
+        self._keep(self._run(pool, replica, call, method, decode, primary, answer))
 
     def _keep(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # The event loop holds tasks weakly: keep a reference until each one is done.
@@ -81,69 +147,44 @@ class Mirror:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(
-        self, pool: PredictorPool, replica: Replica, call: MirroredCall, method: str
-    ) -> bytes | None:
+    async def _run(self, pool: ShadowPool, replica: ShadowReplica, call: MirroredCall,
+                   method: str, decode: Callable[[bytes], Decoded], primary: str,
+                   answer: bytes | None) -> None:
         # Recorded under the shadow's name like Seldon's executor in the shadow's pod would, so
         # the error rate of a mirrored candidate can be analysed like a canary's.
-        grpc_call = method == "unary"
         started = time.perf_counter()
         code, body = "", None
         try:
             code, body = await asyncio.wait_for(call(replica), self.timeout)
             if body is None:
-                self._count(pool.name, "failed")
+                self.report.count(pool.name, "failed")
         except TimeoutError:
             # Counted as a timeout, not as a request of the shadow's: a mirrored call may be
             # slow because the shadow runs at low priority, which says nothing about the model.
-            self._count(pool.name, "timeout")
+            self.report.count(pool.name, "timeout")
             code = ""
         except Exception as e:  # a broken shadow must never matter to callers
             logger.debug("shadow call failed: %s", e)
-            code = "UNAVAILABLE" if grpc_call else "503"
-            self._count(pool.name, "failed")
+            code = "UNAVAILABLE" if method == "unary" else "503"
+            self.report.count(pool.name, "failed")
         finally:
             self.in_flight -= 1
             pool.in_flight -= 1
         if code:
-            self.metrics.observe(pool.name, pool.version, "infer", method, code,
-                                 time.perf_counter() - started)
-        return body
-
-    async def _compare(self, request: MirroredRequest, primary_body: bytes | None,
-                       primary_predictor: str) -> None:
-        shadow_body = await request.task
-        if shadow_body is None or primary_body is None:
+            self.report.observe(pool.name, pool.version, method, code,
+                                time.perf_counter() - started)
+        if body is None or answer is None:
             return
         try:
-            result = compare(request.decode(primary_body), request.decode(shadow_body),
-                             self.rtol)
+            result = compare(decode(answer), decode(body), self.rtol)
         except Exception as e:
             logger.warning("could not compare shadow answer: %s", e)
             return
-        self.stats.add(result, primary_predictor)
-        d = self.metrics.deployment
-        self.metrics.shadow_rows.labels(d, request.shadow, "agreed").inc(result.agreed)
-        self.metrics.shadow_rows.labels(d, request.shadow, "disagreed").inc(
-            result.rows - result.agreed)
+        self.report.compared(pool.name, primary, result)
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-@dataclass(frozen=True)
-class MirroredRequest:
-    """One mirrored call in flight; `finish` hands it the primary's answer to compare with."""
-
-    mirror: Mirror
-    shadow: str
-    task: asyncio.Task[bytes | None]
-    decode: Callable[[bytes], Decoded]
-
-    def finish(self, primary_body: bytes | None, primary_predictor: str) -> None:
-        """Compare in the background (None: the primary failed, nothing to compare)."""
-        self.mirror._keep(self.mirror._compare(self, primary_body, primary_predictor))
 
 
 def _grpc_message(frame: bytes) -> bytes | None:
@@ -158,48 +199,62 @@ class HandoffReceiver:
 
     Each pair arrives as one line `kind shadow primary path code len_request len_response`
     followed by the two bodies: the caller's request and the primary's answer (gRPC bodies are
-    in gRPC's length-prefixed framing)."""
+    in gRPC's length-prefixed framing). The control process sends routing tables on the same
+    socket, as `table <length>` and the JSON."""
 
-    def __init__(self, core: RouterCore, session: aiohttp.ClientSession) -> None:
-        self.core = core
+    def __init__(self, mirror: Mirror, session: aiohttp.ClientSession) -> None:
+        self.mirror = mirror
         self.session = session
-        self.timeout = aiohttp.ClientTimeout(total=core.settings.shadow.timeout_seconds)
+        self.pool: ShadowPool | None = None
+        self.timeout = aiohttp.ClientTimeout(total=mirror.timeout)
 
     async def handle(self, reader: StreamReader, writer: StreamWriter) -> None:
         try:
             while head := await reader.readline():
-                kind, shadow, primary, path, code, n_request, n_response = head.decode().split()
+                fields = head.decode().split()
+                if fields[0] == "table":
+                    self.install(await reader.readexactly(int(fields[1])))
+                    continue
+                kind, shadow, primary, path, code, n_request, n_response = fields
                 request = await reader.readexactly(int(n_request))
                 response = await reader.readexactly(int(n_response))
                 self.launch(kind, shadow, primary, path, code, request, response)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
-            logger.warning("bad mirrored pair from nginx: %s", e)
+            logger.warning("bad mirrored pair: %s", e)
         finally:
             writer.close()
 
+    def install(self, raw_table: bytes) -> None:
+        new = ShadowPool.from_table(json.loads(raw_table))
+        old = self.pool
+        if old is not None and new is not None and (old.name, old.version) == (new.name,
+                                                                                 new.version):
+            # same shadow: keep the gRPC channels of replicas still listed
+            known = {r.grpc_target: r for r in old.replicas}
+            new.replicas = [known.get(r.grpc_target, r) for r in new.replicas]
+            new.in_flight = old.in_flight
+        self.pool = new
+
     def launch(self, kind: str, shadow: str, primary: str, path: str, code: str,
                request: bytes, response: bytes) -> None:
-        mirror = self.core.mirror
-        pool = self.core.state.pools.get(shadow)
-        if pool is None:  # the shadow was replaced meanwhile
+        pool = self.pool
+        if pool is None or pool.name != shadow:  # the shadow was replaced meanwhile
             return
         if kind == "grpc":
             message = _grpc_message(request)
             if message is None:
-                mirror._count(shadow, "dropped")
+                self.mirror.report.count(shadow, "dropped")
                 return
-            call = self._grpc_call(path, message)
             answer = _grpc_message(response) if code == "0" else None
-            started = mirror.launch(pool, call, "unary", outputs_from_grpc)
+            self.mirror.launch(pool, self._grpc_call(path, message), "unary", outputs_from_grpc,
+                               primary, answer)
         else:
-            call = self._rest_call(path, request)
             answer = response if code == "200" else None
-            started = mirror.launch(pool, call, "POST", outputs_from_rest)
-        if started is not None:
-            started.finish(answer, primary)
+            self.mirror.launch(pool, self._rest_call(path, request), "POST", outputs_from_rest,
+                               primary, answer)
 
     def _rest_call(self, path: str, body: bytes) -> MirroredCall:
-        async def call(replica: Replica) -> tuple[str, bytes | None]:
+        async def call(replica: ShadowReplica) -> tuple[str, bytes | None]:
             async with self.session.post(replica.rest_url + path, data=body, timeout=self.timeout,
                                          headers={"content-type": "application/json"}) as resp:
                 payload = await resp.read()
@@ -207,7 +262,7 @@ class HandoffReceiver:
         return call
 
     def _grpc_call(self, method: str, message: bytes) -> MirroredCall:
-        async def call(replica: Replica) -> tuple[str, bytes | None]:
+        async def call(replica: ShadowReplica) -> tuple[str, bytes | None]:
             try:
                 answer = await replica.channel().unary_unary(method)(message)
                 return "OK", bytes(answer)

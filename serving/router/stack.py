@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import httpx
 from aiohttp import web
 
@@ -36,7 +35,7 @@ from .control_api import ControlApi
 from .core import RouterCore
 from .dataplane import Nginx, Sockets, render_config
 from .replicas import PredictorPool, Replica, same_deployment, start_pool, stop_pool
-from .shadow import HandoffReceiver
+from .shadow_worker import ShadowWorker
 from .telemetry import TelemetryReceiver
 from .traffic import updated_predictors
 
@@ -64,6 +63,7 @@ class LocalStack:
         self._stopping = asyncio.Event()
         self._restarting: set[str] = set()
         self.nginx: Nginx | None = None
+        self.shadow_worker: ShadowWorker | None = None
         self._published: dict[str, Any] | None = None
         self._generation = 0
 
@@ -88,9 +88,6 @@ class LocalStack:
         # Unix socket paths are limited to 108 bytes: keep them short, whatever the state dir.
         run_dir = Path(tempfile.mkdtemp(prefix="serving-"))
         sockets = Sockets(run_dir)
-        session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
-        )
         runner: web.AppRunner | None = None
         servers: list[asyncio.Server] = []
         monitor: asyncio.Task[None] | None = None
@@ -100,10 +97,13 @@ class LocalStack:
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             await web.UnixSite(runner, str(sockets.control)).start()
-            telemetry = TelemetryReceiver(self.core.metrics)
-            handoffs = HandoffReceiver(self.core, session)
+            telemetry = TelemetryReceiver(self.core.metrics, self.core.shadow)
             servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
-            servers.append(await asyncio.start_unix_server(handoffs.handle, sockets.shadow))
+            shadowing = rs.shadow
+            self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry,
+                                              shadowing.max_in_flight, shadowing.timeout_seconds,
+                                              shadowing.rtol)
+            await self.shadow_worker.start()
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
             config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
@@ -131,8 +131,8 @@ class LocalStack:
                 server.close()
             if runner is not None:
                 await runner.cleanup()
-            await self.core.mirror.drain()
-            await session.close()
+            if self.shadow_worker is not None:
+                await self.shadow_worker.stop()
             await asyncio.gather(
                 *(stop_pool(p, drain_timeout=2) for p in self.core.state.pools.values())
             )
@@ -148,7 +148,10 @@ class LocalStack:
         if table == self._published and not force:
             return
         self._generation += 1
-        await asyncio.to_thread(self.nginx.push_table, {**table, "generation": self._generation})
+        table_with_generation = {**table, "generation": self._generation}
+        await asyncio.to_thread(self.nginx.push_table, table_with_generation)
+        if self.shadow_worker is not None:
+            await self.shadow_worker.push_table(table_with_generation)
         self._published = table
 
     def stop(self) -> None:
@@ -198,6 +201,10 @@ class LocalStack:
         while True:
             await asyncio.sleep(0.5)
             await self._publish()  # replicas that died or came back since the last tick
+            if self.shadow_worker is not None and not self.shadow_worker.alive():
+                print("the shadow worker exited; restarting it", flush=True)
+                await self.shadow_worker.start()
+                await self._publish(force=True)
             for pool in list(self.core.state.pools.values()):
                 for replica in pool.replicas:
                     process = replica.server.process

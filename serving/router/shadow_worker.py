@@ -1,0 +1,168 @@
+"""The shadow worker: a process of its own, in the idle CPU class, that calls the shadow with the
+mirrored requests nginx hands it and compares the answers (shadow.py). It reports back to the
+control process over the telemetry socket, in the metrics-line format nginx uses plus:
+
+    #shadow <shadow> <outcome> <n>                         sent, dropped, failed, timeout
+    #compared <shadow> <primary> <rows> <agreed> <detail>  one comparison
+    #in_flight <n>                                         mirrored calls running now
+
+    python -m serving.router.shadow_worker --socket S --telemetry T [--max-in-flight N ...]
+(started by the local stack; `ShadowWorker` is the control process's handle on it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from ..errors import ServingError
+from ..server import _child_setup
+from .compare import Comparison
+from .shadow import HandoffReceiver, Mirror
+
+logger = logging.getLogger("serving.router")
+# Mirrored work only gets CPU time that nothing else wants (SCHED_IDLE), like shadow replicas.
+IDLE_NICENESS = 19
+
+
+class TelemetryWriter:
+    """Report lines, sent to the control process in one write every 100 ms."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: list[str] = []
+        self.mirror: Mirror | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    def count(self, shadow: str, outcome: str) -> None:
+        self.lines.append(f"#shadow {shadow} {outcome} 1")
+
+    def observe(self, shadow: str, version: str, method: str, code: str, seconds: float) -> None:
+        self.lines.append(f"{shadow} {version} infer {method} {code} {seconds:.6f} 0 -")
+
+    def compared(self, shadow: str, primary: str, result: Comparison) -> None:
+        detail = " ".join(result.detail.split())
+        self.lines.append(f"#compared {shadow} {primary} {result.rows} {result.agreed} {detail}")
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            if self.mirror is not None:
+                self.lines.append(f"#in_flight {self.mirror.in_flight}")
+            batch, self.lines = self.lines, []
+            try:
+                if self._writer is None:
+                    _, self._writer = await asyncio.open_unix_connection(self.path)
+                self._writer.write(("\n".join(batch) + "\n").encode())
+                await self._writer.drain()
+            except OSError as e:
+                logger.warning("report lines lost (control process unreachable): %s", e)
+                self._writer = None
+
+
+async def serve(args: argparse.Namespace) -> None:
+    report = TelemetryWriter(args.telemetry)
+    mirror = Mirror(report, args.max_in_flight, args.timeout, args.rtol)
+    report.mirror = mirror
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
+    ) as session:
+        receiver = HandoffReceiver(mirror, session)
+        server = await asyncio.start_unix_server(receiver.handle, args.socket)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        reporter = asyncio.create_task(report.run())
+        await stop.wait()
+        server.close()
+        await asyncio.wait_for(mirror.drain(), 2)
+        await asyncio.sleep(0.15)  # one last report
+        reporter.cancel()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--socket", type=Path, required=True)
+    parser.add_argument("--telemetry", type=Path, required=True)
+    parser.add_argument("--max-in-flight", type=int, default=64)
+    parser.add_argument("--timeout", type=float, default=2.0)
+    parser.add_argument("--rtol", type=float, default=1e-6)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(serve(args))
+    except ImportError:
+        asyncio.run(serve(args))
+    return 0
+
+
+class ShadowWorker:
+    """The control process's handle on the worker process."""
+
+    def __init__(self, socket: Path, telemetry: Path, max_in_flight: int, timeout: float,
+                 rtol: float) -> None:
+        self.socket = socket
+        self.command = [sys.executable, "-m", "serving.router.shadow_worker",
+                        "--socket", str(socket), "--telemetry", str(telemetry),
+                        "--max-in-flight", str(max_in_flight), "--timeout", str(timeout),
+                        "--rtol", str(rtol)]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def start(self, timeout: float = 30.0) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+        self._writer = None
+        self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
+                                        preexec_fn=_child_setup(IDLE_NICENESS))
+        deadline = time.monotonic() + timeout
+        while not self.socket.exists():
+            if self.process.poll() is not None:
+                raise ServingError(f"the shadow worker exited with code "
+                                   f"{self.process.returncode} at start")
+            if time.monotonic() > deadline:
+                raise ServingError(f"the shadow worker did not start within {timeout:g}s")
+            await asyncio.sleep(0.02)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    async def push_table(self, table: dict[str, Any]) -> None:
+        payload = json.dumps(table).encode()
+        try:
+            if self._writer is None:
+                _, self._writer = await asyncio.open_unix_connection(self.socket)
+            self._writer.write(f"table {len(payload)}\n".encode() + payload)
+            await self._writer.drain()
+        except OSError as e:
+            self._writer = None
+            logger.warning("could not send the routing table to the shadow worker: %s", e)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.to_thread(self.process.wait, grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
