@@ -18,12 +18,19 @@ done; exit 1
 endef
 PYTHON312 = $(shell $(find_python312))
 
-.PHONY: help setup lock models serve up down status demo test lint pytest manifests bench loadtest clean
+# The local router's data plane: nginx with its Lua module and lua-cjson, from Debian's packages.
+DATAPLANE_PACKAGES := nginx-light libnginx-mod-http-lua lua-cjson
+define have_dataplane
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1
+endef
+
+.PHONY: help setup dataplane lock models serve up down status demo test lint pytest manifests bench loadtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory dataplane
 	@py="$(PYTHON312)"; if [ -z "$$py" ]; then \
 	  echo "error: Python 3.12 not found (seldon-core 1.19 needs >=3.12, mlserver 1.7 needs <3.13)."; \
 	  echo "  install it, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then re-run make."; \
@@ -34,7 +41,18 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
-setup: $(STAMP) ## Create .venv with Python 3.12 and the pinned dependencies
+setup: $(STAMP) ## Create .venv with Python 3.12 and the pinned dependencies (+ nginx, see dataplane)
+
+dataplane: ## Install nginx + its Lua module (the local router's data plane) from Debian if missing
+	@if { $(have_dataplane); then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "error: the local router needs nginx with its Lua module and lua-cjson"; \
+	  echo "  (Debian/Ubuntu packages: $(DATAPLANE_PACKAGES)); install them, then re-run make."; exit 1; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	echo "installing $(DATAPLANE_PACKAGES) (Debian packages) for the local router"; \
+	{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	  --no-install-recommends $(DATAPLANE_PACKAGES); } >/tmp/serving-apt.log 2>&1 || { \
+	  echo "error: could not install them (log: /tmp/serving-apt.log); run: apt-get install $(DATAPLANE_PACKAGES)"; exit 1; }
 
 lock: ## Re-pin constraints.txt from a fresh resolve of pyproject.toml
 	rm -rf .lock-venv && "$(PYTHON312)" -m venv .lock-venv

@@ -31,14 +31,15 @@ from ..spec import Spec
 
 LUA_DIR = Path(__file__).parent / "lua"
 MODULES_DIR = Path("/usr/lib/nginx/modules")
-INSTALL_HINT = ("install nginx and its Lua module: apt-get install nginx-light "
-                "libnginx-mod-http-lua (Debian/Ubuntu); 'make setup' does it")
+INSTALL_HINT = ("install nginx, its Lua module and lua-cjson: 'make dataplane', or apt-get install "
+                "nginx-light libnginx-mod-http-lua lua-cjson (Debian/Ubuntu)")
 
 
 def nginx_executable() -> str:
     found = shutil.which("nginx") or next(
         (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
-    if found is None or not (MODULES_DIR / "ngx_http_lua_module.so").exists():
+    have_cjson = any(Path("/usr/lib").glob("*/lua/5.1/cjson.so"))
+    if found is None or not (MODULES_DIR / "ngx_http_lua_module.so").exists() or not have_cjson:
         raise ServingError(f"the local router needs nginx with Lua: {INSTALL_HINT}")
     return found
 
