@@ -259,11 +259,12 @@ class GrpcUser(_Paced, User):
             response, call = self.stub.ModelInfer.with_call(
                 next(self.requests), metadata=Run.target.grpc_metadata, timeout=10
             )
-            metadata = dict(call.trailing_metadata() or ())
+            # the router names the predictor in the response headers (initial metadata)
+            metadata = dict(call.initial_metadata() or ()) | dict(call.trailing_metadata() or ())
             exception = _check_grpc(response)
         except grpc.RpcError as e:  # reported like a failed check: status code and details
             exception = CatchResponseError(f"{e.code().name}: {e.details()}")
-            metadata = dict(e.trailing_metadata() or ())
+            metadata = dict(e.initial_metadata() or ()) | dict(e.trailing_metadata() or ())
         self.environment.events.request.fire(
             request_type="grpc",
             name=entry_name(metadata.get(PREDICTOR_HEADER)),

@@ -57,7 +57,7 @@ class RouterCore:
         """The routing table nginx routes by (see lua/router.lua), without its generation.
         Only live replicas are listed; a predictor with none gets 503s (or its fallback)."""
         state = self.state
-        weights = [[name, w] for name, w in state.routes.weights.items() if w > 0]
+        weights = [(name, w) for name, w in state.routes.weights.items() if w > 0]
         table: dict[str, object] = {
             "stable": state.stable,
             "fallback": self.settings.fallback_to_stable,

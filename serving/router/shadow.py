@@ -18,21 +18,29 @@ import json
 import logging
 import time
 from asyncio import StreamReader, StreamWriter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import grpc
-import numpy as np
 
 from .compare import AgreementStats, Comparison, compare, outputs_from_grpc, outputs_from_rest
 from .metrics import RouterMetrics
+from .shadow_batch import (
+    BatchKey,
+    Inputs,
+    grpc_inputs,
+    grpc_message,
+    join,
+    rest_body,
+    rest_inputs,
+    split,
+)
 
 logger = logging.getLogger("serving.router")
 T = TypeVar("T")
 
-Decoded = dict[str, tuple[str, np.ndarray]]
 OUTCOMES = ("sent", "dropped", "failed", "timeout")
 
 
@@ -101,7 +109,6 @@ class ShadowPool:
     name: str
     version: str
     replicas: list[ShadowReplica]
-    in_flight: int = 0
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> ShadowPool | None:
@@ -113,32 +120,70 @@ class ShadowPool:
                                         for rest, grpc_target in zip(p["rest"], p["grpc"], strict=True)])
 
 
-# Sends the mirrored request to one replica: (status code, body when successful else None).
-MirroredCall = Callable[[ShadowReplica], Awaitable[tuple[str, bytes | None]]]
+@dataclass
+class Pending:
+    """A mirrored request waiting in a batch: its inputs, and the primary's answer to it."""
+
+    inputs: Inputs
+    primary: str
+    answer: bytes
 
 
 @dataclass
 class Mirror:
+    """Sends mirrored requests to the shadow, batched when they can be (shadow_batch.py), and
+    compares each answer with the primary's."""
+
     report: Report
+    session: aiohttp.ClientSession
     max_in_flight: int
     timeout: float
     rtol: float
+    batch_rows: int = 64
+    """A batch is sent once it has this many rows..."""
+    batch_wait: float = 0.005
+    """...or this many seconds after its first request arrived."""
     in_flight: int = 0
+    """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
+    _batches: dict[tuple[str, BatchKey], tuple[ShadowPool, list[Pending]]] = field(
+        default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _turn: int = 0
 
-    def launch(self, pool: ShadowPool, call: MirroredCall, method: str,
-               decode: Callable[[bytes], Decoded], primary: str, answer: bytes | None) -> None:
-        """Start the mirrored call now, and compare once it answers (with `answer`, the primary's;
-        None when the primary failed: nothing to compare). Dropped when the limit is reached or
-        the shadow has no live replica."""
+    def submit(self, pool: ShadowPool, kind: str, path: str, request: bytes,
+               primary: str, answer: bytes | None) -> None:
+        """Take one mirrored request (`answer`: the primary's, None when it failed). Dropped
+        when `max_in_flight` are already in flight or the shadow has no live replica."""
         if self.in_flight >= self.max_in_flight or not pool.replicas:
             self.report.count(pool.name, "dropped")
             return
-        replica = pool.replicas[pool.in_flight % len(pool.replicas)]
         self.in_flight += 1
-        pool.in_flight += 1
         self.report.count(pool.name, "sent")
-        self._keep(self._run(pool, replica, call, method, decode, primary, answer))
+        inputs = None
+        if answer is not None:
+            inputs = rest_inputs(path, request) if kind == "rest" else grpc_inputs(path, request)
+        if inputs is None or answer is None:  # mirrored alone, as it came
+            self._keep(self._run(pool, kind, path, request, [primary], [answer], None))
+            return
+        batch_id = (pool.name, inputs.key)
+        if batch_id not in self._batches:
+            self._batches[batch_id] = (pool, [])
+            asyncio.get_running_loop().call_later(self.batch_wait, self._flush, batch_id)
+        batch = self._batches[batch_id][1]
+        batch.append(Pending(inputs, primary, answer))
+        if sum(p.inputs.rows for p in batch) >= self.batch_rows:
+            self._flush(batch_id)
+
+    def _flush(self, batch_id: tuple[str, BatchKey]) -> None:
+        pool, batch = self._batches.pop(batch_id, (None, []))
+        if pool is None or not batch:
+            return
+        key = batch[0].inputs.key
+        kind, path = key[0], key[1]
+        tensors = join([p.inputs for p in batch])
+        payload = rest_body(tensors) if kind == "rest" else grpc_message(key, tensors)
+        self._keep(self._run(pool, kind, path, payload, [p.primary for p in batch],
+                             [p.answer for p in batch], [p.inputs.rows for p in batch]))
 
     def _keep(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # The event loop holds tasks weakly: keep a reference until each one is done.
@@ -147,42 +192,73 @@ class Mirror:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _run(self, pool: ShadowPool, replica: ShadowReplica, call: MirroredCall,
-                   method: str, decode: Callable[[bytes], Decoded], primary: str,
-                   answer: bytes | None) -> None:
-        # Recorded under the shadow's name like Seldon's executor in the shadow's pod would, so
-        # the error rate of a mirrored candidate can be analysed like a canary's.
+    async def _call(self, replica: ShadowReplica, kind: str, path: str,
+                    payload: bytes) -> tuple[str, bytes | None]:
+        """(status code, answer when successful else None)."""
+        if kind == "grpc":
+            try:
+                return "OK", bytes(await replica.channel().unary_unary(path)(payload))
+            except grpc.aio.AioRpcError as e:
+                return e.code().name, None
+        async with self.session.post(replica.rest_url + path, data=payload,
+                                     headers={"content-type": "application/json"}) as resp:
+            body = await resp.read()
+            return str(resp.status), body if resp.status == 200 else None
+
+    async def _run(self, pool: ShadowPool, kind: str, path: str, payload: bytes,
+                   primaries: list[str], answers: list[bytes | None],
+                   rows: list[int] | None) -> None:
+        """One call to the shadow for one request, or for a batch (`rows`: rows per request),
+        then one comparison per request."""
+        n = len(primaries)
+        self._turn += 1
+        replica = pool.replicas[self._turn % len(pool.replicas)]
+        method = "unary" if kind == "grpc" else "POST"
         started = time.perf_counter()
         code, body = "", None
         try:
-            code, body = await asyncio.wait_for(call(replica), self.timeout)
-            if body is None:
-                self.report.count(pool.name, "failed")
+            code, body = await asyncio.wait_for(self._call(replica, kind, path, payload),
+                                                self.timeout)
+            outcome = "" if body is not None else "failed"
         except TimeoutError:
             # Counted as a timeout, not as a request of the shadow's: a mirrored call may be
             # slow because the shadow runs at low priority, which says nothing about the model.
-            self.report.count(pool.name, "timeout")
-            code = ""
+            outcome = "timeout"
         except Exception as e:  # a broken shadow must never matter to callers
             logger.debug("shadow call failed: %s", e)
-            code = "UNAVAILABLE" if method == "unary" else "503"
-            self.report.count(pool.name, "failed")
+            code, outcome = ("UNAVAILABLE" if kind == "grpc" else "503"), "failed"
         finally:
-            self.in_flight -= 1
-            pool.in_flight -= 1
-        if code:
-            self.report.observe(pool.name, pool.version, method, code,
-                                time.perf_counter() - started)
-        if body is None or answer is None:
+            self.in_flight -= n
+        seconds = time.perf_counter() - started
+        for _ in range(n):
+            if outcome:
+                self.report.count(pool.name, outcome)
+            # Recorded per mirrored request under the shadow's name, like Seldon's executor in
+            # the shadow's pod would, so a mirrored candidate's error rate reads like a canary's.
+            if code:
+                self.report.observe(pool.name, pool.version, method, code, seconds)
+        if body is None:
             return
+        decode = outputs_from_grpc if kind == "grpc" else outputs_from_rest
         try:
-            result = compare(decode(answer), decode(body), self.rtol)
+            shadow_answers = split(decode(body), rows) if rows else [decode(body)]
         except Exception as e:
-            logger.warning("could not compare shadow answer: %s", e)
+            logger.warning("could not read the shadow's answer: %s", e)
             return
-        self.report.compared(pool.name, primary, result)
+        for primary, answer, shadow_answer in zip(primaries, answers, shadow_answers,
+                                                  strict=True):
+            if answer is None:
+                continue
+            try:
+                result = compare(decode(answer), shadow_answer, self.rtol)
+            except Exception as e:
+                logger.warning("could not compare shadow answer: %s", e)
+                continue
+            self.report.compared(pool.name, primary, result)
 
     async def drain(self) -> None:
+        for batch_id in list(self._batches):
+            self._flush(batch_id)
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -202,11 +278,9 @@ class HandoffReceiver:
     in gRPC's length-prefixed framing). The control process sends routing tables on the same
     socket, as `table <length>` and the JSON."""
 
-    def __init__(self, mirror: Mirror, session: aiohttp.ClientSession) -> None:
+    def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
-        self.session = session
         self.pool: ShadowPool | None = None
-        self.timeout = aiohttp.ClientTimeout(total=mirror.timeout)
 
     async def handle(self, reader: StreamReader, writer: StreamWriter) -> None:
         try:
@@ -232,7 +306,6 @@ class HandoffReceiver:
             # same shadow: keep the gRPC channels of replicas still listed
             known = {r.grpc_target: r for r in old.replicas}
             new.replicas = [known.get(r.grpc_target, r) for r in new.replicas]
-            new.in_flight = old.in_flight
         self.pool = new
 
     def launch(self, kind: str, shadow: str, primary: str, path: str, code: str,
@@ -246,26 +319,7 @@ class HandoffReceiver:
                 self.mirror.report.count(shadow, "dropped")
                 return
             answer = _grpc_message(response) if code == "0" else None
-            self.mirror.launch(pool, self._grpc_call(path, message), "unary", outputs_from_grpc,
-                               primary, answer)
+            self.mirror.submit(pool, kind, path, message, primary, answer)
         else:
-            answer = response if code == "200" else None
-            self.mirror.launch(pool, self._rest_call(path, request), "POST", outputs_from_rest,
-                               primary, answer)
-
-    def _rest_call(self, path: str, body: bytes) -> MirroredCall:
-        async def call(replica: ShadowReplica) -> tuple[str, bytes | None]:
-            async with self.session.post(replica.rest_url + path, data=body, timeout=self.timeout,
-                                         headers={"content-type": "application/json"}) as resp:
-                payload = await resp.read()
-                return str(resp.status), payload if resp.status == 200 else None
-        return call
-
-    def _grpc_call(self, method: str, message: bytes) -> MirroredCall:
-        async def call(replica: ShadowReplica) -> tuple[str, bytes | None]:
-            try:
-                answer = await replica.channel().unary_unary(method)(message)
-                return "OK", bytes(answer)
-            except grpc.aio.AioRpcError as e:
-                return e.code().name, None
-        return call
+            self.mirror.submit(pool, kind, path, request, primary,
+                               response if code == "200" else None)

@@ -73,12 +73,12 @@ class TelemetryWriter:
 
 async def serve(args: argparse.Namespace) -> None:
     report = TelemetryWriter(args.telemetry)
-    mirror = Mirror(report, args.max_in_flight, args.timeout, args.rtol)
-    report.mirror = mirror
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
     ) as session:
-        receiver = HandoffReceiver(mirror, session)
+        mirror = Mirror(report, session, args.max_in_flight, args.timeout, args.rtol)
+        report.mirror = mirror
+        receiver = HandoffReceiver(mirror)
         server = await asyncio.start_unix_server(receiver.handle, args.socket)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
