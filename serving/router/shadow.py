@@ -178,10 +178,11 @@ class Mirror:
         pool, batch = self._batches.pop(batch_id, (None, []))
         if pool is None or not batch:
             return
-        key = batch[0].inputs.key
-        kind, path = key[0], key[1]
+        kind, path, _ = batch[0].inputs.key
+        template = batch[0].inputs.template
         tensors = join([p.inputs for p in batch])
-        payload = rest_body(tensors) if kind == "rest" else grpc_message(key, tensors)
+        payload = rest_body(template, tensors) if kind == "rest" else grpc_message(template,
+                                                                                   tensors)
         self._keep(self._run(pool, kind, path, payload, [p.primary for p in batch],
                              [p.answer for p in batch], [p.inputs.rows for p in batch]))
 

@@ -8,7 +8,7 @@ a shadow mirror 100% of the traffic: one single-row inference costs MLServer abo
 CPU, a 16-row one barely more, and every millisecond the shadow spends is taken from the primary
 on a busy machine (README, "What the router costs").
 
-Requests that do not fit (parameters, strings, unreadable) are mirrored alone, as they came.
+Requests that do not fit (strings, uneven rows, unreadable) are mirrored alone, as they came.
 """
 
 from __future__ import annotations
@@ -24,24 +24,21 @@ from .. import datatypes
 from .compare import NUMPY_TYPES, PB_CONTENTS, _array
 
 Tensors = list[tuple[str, str, np.ndarray]]  # (name, datatype, array with rows first)
-# What must match for requests to share a batch: kind, path, model, version, and per input
-# (name, datatype, shape after the first axis).
-BatchKey = tuple[Any, ...]
+# What must match for requests to share a batch: everything but the rows (protocol, path, and the
+# request without its tensor data and first dimensions, serialised).
+BatchKey = tuple[str, str, bytes]
 
 
 @dataclass(frozen=True)
 class Inputs:
     key: BatchKey
+    template: Any
+    """The request without its data: a JSON dict (REST) or a ModelInferRequest (gRPC)."""
     tensors: Tensors
     rows: int
 
 
-def _key(kind: str, path: str, model: str, version: str, tensors: Tensors) -> BatchKey:
-    return (kind, path, model, version,
-            tuple((name, dt, arr.shape[1:]) for name, dt, arr in tensors))
-
-
-def _batchable(tensors: Tensors) -> int | None:
+def _rows(tensors: Tensors) -> int | None:
     """Rows, when every input is numeric with the same number of rows; else None."""
     if not tensors:
         return None
@@ -57,20 +54,19 @@ def rest_inputs(path: str, body: bytes) -> Inputs | None:
     """A REST V2 request's inputs, when it can share a batch."""
     try:
         request = json.loads(body)
-        if set(request) - {"inputs", "id"}:  # parameters, outputs wanted: mirrored alone
-            return None
+        request.pop("id", None)
         tensors = []
         for t in request["inputs"]:
-            if set(t) - {"name", "datatype", "shape", "data"}:
-                return None
             tensors.append((t["name"], t["datatype"],
-                            _array(t["data"], t["datatype"], t["shape"])))
-    except (ValueError, KeyError, TypeError):
+                            _array(t.pop("data"), t["datatype"], t["shape"])))
+            t["shape"] = t["shape"][1:]
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    rows = _batchable(tensors)
+    rows = _rows(tensors)
     if rows is None:
         return None
-    return Inputs(_key("rest", path, "", "", tensors), tensors, rows)
+    key = ("rest", path, json.dumps(request, sort_keys=True).encode())
+    return Inputs(key, request, tensors, rows)
 
 
 def grpc_inputs(method: str, message: bytes) -> Inputs | None:
@@ -79,13 +75,10 @@ def grpc_inputs(method: str, message: bytes) -> Inputs | None:
         request = pb.ModelInferRequest.FromString(message)
     except Exception:
         return None
-    if request.parameters or request.outputs:
-        return None
     tensors = []
     for i, t in enumerate(request.inputs):
-        if t.parameters or t.datatype not in NUMPY_TYPES:
+        if t.datatype not in NUMPY_TYPES:
             return None
-        shape = list(t.shape)
         if request.raw_input_contents:
             values: Any = np.frombuffer(request.raw_input_contents[i],
                                         dtype=NUMPY_TYPES[t.datatype])
@@ -94,14 +87,21 @@ def grpc_inputs(method: str, message: bytes) -> Inputs | None:
             if values is None:
                 return None
         try:
-            tensors.append((t.name, t.datatype, _array(values, t.datatype, shape)))
+            tensors.append((t.name, t.datatype, _array(values, t.datatype, list(t.shape))))
         except ValueError:
             return None
-    rows = _batchable(tensors)
+    rows = _rows(tensors)
     if rows is None:
         return None
-    key = _key("grpc", method, request.model_name, request.model_version, tensors)
-    return Inputs(key, tensors, rows)
+    template = pb.ModelInferRequest()
+    template.CopyFrom(request)
+    template.ClearField("id")
+    template.ClearField("raw_input_contents")
+    for t in template.inputs:
+        t.ClearField("contents")
+        t.shape[0] = 0
+    key = ("grpc", method, template.SerializeToString(deterministic=True))
+    return Inputs(key, template, tensors, rows)
 
 
 def join(parts: list[Inputs]) -> Tensors:
@@ -111,21 +111,20 @@ def join(parts: list[Inputs]) -> Tensors:
             for i, (name, dt, _) in enumerate(first)]
 
 
-def rest_body(tensors: Tensors) -> bytes:
-    return json.dumps({"inputs": [
-        {"name": name, "datatype": dt, "shape": list(arr.shape), "data": arr.ravel().tolist()}
-        for name, dt, arr in tensors]}).encode()
+def rest_body(template: dict[str, Any], tensors: Tensors) -> bytes:
+    inputs = [{**spec, "shape": list(arr.shape), "data": arr.ravel().tolist()}
+              for spec, (_, _, arr) in zip(template["inputs"], tensors, strict=True)]
+    return json.dumps({**template, "inputs": inputs}).encode()
 
 
-def grpc_message(key: BatchKey, tensors: Tensors) -> bytes:
-    _, _, model, version, _ = key
-    request = pb.ModelInferRequest(
-        model_name=model, model_version=version,
-        inputs=[pb.ModelInferRequest.InferInputTensor(name=name, datatype=dt,
-                                                      shape=list(arr.shape))
-                for name, dt, arr in tensors],
-        raw_input_contents=[np.ascontiguousarray(arr, dtype=NUMPY_TYPES[dt]).tobytes()
-                            for _, dt, arr in tensors])
+def grpc_message(template: pb.ModelInferRequest, tensors: Tensors) -> bytes:
+    request = pb.ModelInferRequest()
+    request.CopyFrom(template)
+    for t, (_, _, arr) in zip(request.inputs, tensors, strict=True):
+        del t.shape[:]
+        t.shape.extend(arr.shape)
+    request.raw_input_contents.extend(
+        np.ascontiguousarray(arr, dtype=NUMPY_TYPES[dt]).tobytes() for _, dt, arr in tensors)
     return bytes(request.SerializeToString())
 
 
