@@ -119,8 +119,13 @@ class Model(_Values):
 
 
 class Shadowing(_Values):
-    max_in_flight: Annotated[int, Field(ge=1)] = 64
-    """Mirrored requests in flight at once; more are dropped and counted, never queued."""
+    max_in_flight: Annotated[int, Field(ge=1)] = 256
+    """Mirrored requests in flight at once (waiting in a batch or being answered); more are
+    dropped and counted, never queued."""
+    batch_rows: Annotated[int, Field(ge=1)] = 64
+    """Alike mirrored requests are sent to the shadow as one batch of up to this many rows..."""
+    batch_wait_seconds: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """...collected for at most this long (0 = no batching)."""
     timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
     """A mirrored request slower than this is abandoned and counted as failed."""
     rtol: Annotated[float, Field(ge=0)] = 1e-6

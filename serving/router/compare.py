@@ -118,13 +118,17 @@ class AgreementStats:
         return self.rows_agreed / self.rows_compared if self.rows_compared else None
 
     def add(self, result: Comparison, primary_predictor: str) -> None:
-        self.requests_compared += 1
-        self.rows_compared += result.rows
-        self.rows_agreed += result.agreed
+        self.add_counts(1, result.rows, result.agreed)
         if result.agreed < result.rows:
-            self.recent_disagreements.append(
-                {"primary": primary_predictor, "detail": result.detail}
-            )
+            self.example(primary_predictor, result.detail)
+
+    def add_counts(self, requests: int, rows: int, agreed: int) -> None:
+        self.requests_compared += requests
+        self.rows_compared += rows
+        self.rows_agreed += agreed
+
+    def example(self, primary_predictor: str, detail: str) -> None:
+        self.recent_disagreements.append({"primary": primary_predictor, "detail": detail})
 
     def as_dict(self) -> dict[str, Any]:
         return {

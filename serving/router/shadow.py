@@ -29,7 +29,9 @@ from .compare import AgreementStats, Comparison, compare, outputs_from_grpc, out
 from .metrics import RouterMetrics
 from .shadow_batch import (
     BatchKey,
+    Decoded,
     Inputs,
+    concat,
     grpc_inputs,
     grpc_message,
     join,
@@ -60,11 +62,11 @@ class ShadowLedger:
             self.counts[outcome] += n
             self.metrics.shadow_requests.labels(self.metrics.deployment, shadow, outcome).inc(n)
 
-    def compared(self, shadow: str, primary: str, result: Comparison) -> None:
-        self.stats.add(result, primary)
+    def compared(self, shadow: str, primary: str, requests: int, rows: int, agreed: int) -> None:
+        self.stats.add_counts(requests, rows, agreed)
         d = self.metrics.deployment
-        self.metrics.shadow_rows.labels(d, shadow, "agreed").inc(result.agreed)
-        self.metrics.shadow_rows.labels(d, shadow, "disagreed").inc(result.rows - result.agreed)
+        self.metrics.shadow_rows.labels(d, shadow, "agreed").inc(agreed)
+        self.metrics.shadow_rows.labels(d, shadow, "disagreed").inc(rows - agreed)
 
     def sync_dataplane(self, shadow: str | None, dataplane: dict[str, int]) -> None:
         """Fold nginx's own drop count (hand-overs it could not make) into ours."""
@@ -80,9 +82,10 @@ class Report(Protocol):
     """Where the worker's findings go (shadow_worker.TelemetryWriter: lines to the control
     process, which applies them to its ShadowLedger and metrics)."""
 
-    def count(self, shadow: str, outcome: str) -> None: ...
-    def observe(self, shadow: str, version: str, method: str, code: str, seconds: float) -> None: ...
-    def compared(self, shadow: str, primary: str, result: Comparison) -> None: ...
+    def count(self, shadow: str, outcome: str, n: int = 1) -> None: ...
+    def observe(self, shadow: str, version: str, method: str, code: str, seconds: float,
+                n: int = 1) -> None: ...
+    def compared(self, shadow: str, primary: str, requests: int, result: Comparison) -> None: ...
 
 
 @dataclass
@@ -141,7 +144,7 @@ class Mirror:
     rtol: float
     batch_rows: int = 64
     """A batch is sent once it has this many rows..."""
-    batch_wait: float = 0.005
+    batch_wait: float = 0.05
     """...or this many seconds after its first request arrived."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
@@ -231,31 +234,30 @@ class Mirror:
         finally:
             self.in_flight -= n
         seconds = time.perf_counter() - started
-        for _ in range(n):
-            if outcome:
-                self.report.count(pool.name, outcome)
-            # Recorded per mirrored request under the shadow's name, like Seldon's executor in
-            # the shadow's pod would, so a mirrored candidate's error rate reads like a canary's.
-            if code:
-                self.report.observe(pool.name, pool.version, method, code, seconds)
+        if outcome:
+            self.report.count(pool.name, outcome, n)
+        # Recorded per mirrored request under the shadow's name, like Seldon's executor in the
+        # shadow's pod would, so a mirrored candidate's error rate reads like a canary's.
+        if code:
+            self.report.observe(pool.name, pool.version, method, code, seconds, n)
         if body is None:
             return
         decode = outputs_from_grpc if kind == "grpc" else outputs_from_rest
         try:
             shadow_answers = split(decode(body), rows) if rows else [decode(body)]
+            # one comparison per primary predictor, over all of its requests in the batch
+            by_primary: dict[str, tuple[list[Decoded], list[Decoded]]] = {}
+            for primary, answer, shadow_answer in zip(primaries, answers, shadow_answers,
+                                                      strict=True):
+                if answer is not None:
+                    mine, theirs = by_primary.setdefault(primary, ([], []))
+                    mine.append(decode(answer))
+                    theirs.append(shadow_answer)
+            for primary, (mine, theirs) in by_primary.items():
+                result = compare(concat(mine), concat(theirs), self.rtol)
+                self.report.compared(pool.name, primary, len(mine), result)
         except Exception as e:
-            logger.warning("could not read the shadow's answer: %s", e)
-            return
-        for primary, answer, shadow_answer in zip(primaries, answers, shadow_answers,
-                                                  strict=True):
-            if answer is None:
-                continue
-            try:
-                result = compare(decode(answer), shadow_answer, self.rtol)
-            except Exception as e:
-                logger.warning("could not compare shadow answer: %s", e)
-                continue
-            self.report.compared(pool.name, primary, result)
+            logger.warning("could not compare the shadow's answers: %s", e)
 
     async def drain(self) -> None:
         for batch_id in list(self._batches):

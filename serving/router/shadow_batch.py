@@ -24,6 +24,7 @@ from .. import datatypes
 from .compare import NUMPY_TYPES, PB_CONTENTS, _array
 
 Tensors = list[tuple[str, str, np.ndarray]]  # (name, datatype, array with rows first)
+Decoded = dict[str, tuple[str, np.ndarray]]  # an answer's outputs by name: (datatype, array)
 # What must match for requests to share a batch: everything but the rows (protocol, path, and the
 # request without its tensor data and first dimensions, serialised).
 BatchKey = tuple[str, str, bytes]
@@ -128,8 +129,7 @@ def grpc_message(template: pb.ModelInferRequest, tensors: Tensors) -> bytes:
     return bytes(request.SerializeToString())
 
 
-def split(outputs: dict[str, tuple[str, np.ndarray]], rows: list[int]
-          ) -> list[dict[str, tuple[str, np.ndarray]]]:
+def split(outputs: Decoded, rows: list[int]) -> list[Decoded]:
     """A batched answer back into one answer per request (outputs have rows first)."""
     total = sum(rows)
     for name, (_, arr) in outputs.items():
@@ -141,3 +141,12 @@ def split(outputs: dict[str, tuple[str, np.ndarray]], rows: list[int]
         answers.append({name: (dt, arr[start:start + n]) for name, (dt, arr) in outputs.items()})
         start += n
     return answers
+
+
+def concat(answers: list[Decoded]) -> Decoded:
+    """Several answers as one (rows in order), to compare them in one go."""
+    if len(answers) == 1:
+        return answers[0]
+    names = set(answers[0]).intersection(*answers[1:])
+    return {name: (answers[0][name][0], np.concatenate([a[name][1] for a in answers]))
+            for name in names}

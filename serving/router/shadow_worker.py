@@ -2,9 +2,10 @@
 mirrored requests nginx hands it and compares the answers (shadow.py). It reports back to the
 control process over the telemetry socket, in the metrics-line format nginx uses plus:
 
-    #shadow <shadow> <outcome> <n>                         sent, dropped, failed, timeout
-    #compared <shadow> <primary> <rows> <agreed> <detail>  one comparison
-    #in_flight <n>                                         mirrored calls running now
+    #shadow <shadow> <outcome> <n>                            sent, dropped, failed, timeout
+    #compared <shadow> <primary> <requests> <rows> <agreed>   comparisons since the last report
+    #disagreed <shadow> <primary> <detail>                    one example
+    #in_flight <n>                                            mirrored requests not finished
 
     python -m serving.router.shadow_worker --socket S --telemetry T [--max-in-flight N ...]
 (started by the local stack; `ShadowWorker` is the control process's handle on it)
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ import aiohttp
 
 from ..errors import ServingError
 from ..server import _child_setup
+from ..spec import Shadowing
 from .compare import Comparison
 from .shadow import HandoffReceiver, Mirror
 
@@ -37,30 +40,46 @@ IDLE_NICENESS = 19
 
 
 class TelemetryWriter:
-    """Report lines, sent to the control process in one write every 100 ms."""
+    """Report lines, summed and sent to the control process in one write every 100 ms."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lines: list[str] = []
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self.comparisons: dict[tuple[str, str], list[int]] = {}
         self.mirror: Mirror | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    def count(self, shadow: str, outcome: str) -> None:
-        self.lines.append(f"#shadow {shadow} {outcome} 1")
+    def count(self, shadow: str, outcome: str, n: int = 1) -> None:
+        self.counts[(shadow, outcome)] += n
 
-    def observe(self, shadow: str, version: str, method: str, code: str, seconds: float) -> None:
-        self.lines.append(f"{shadow} {version} infer {method} {code} {seconds:.6f} 0 -")
+    def observe(self, shadow: str, version: str, method: str, code: str, seconds: float,
+                n: int = 1) -> None:
+        self.lines.extend([f"{shadow} {version} infer {method} {code} {seconds:.6f} 0 -"] * n)
 
-    def compared(self, shadow: str, primary: str, result: Comparison) -> None:
-        detail = " ".join(result.detail.split())
-        self.lines.append(f"#compared {shadow} {primary} {result.rows} {result.agreed} {detail}")
+    def compared(self, shadow: str, primary: str, requests: int, result: Comparison) -> None:
+        total = self.comparisons.setdefault((shadow, primary), [0, 0, 0])
+        total[0] += requests
+        total[1] += result.rows
+        total[2] += result.agreed
+        if result.detail:
+            self.lines.append(f"#disagreed {shadow} {primary} {' '.join(result.detail.split())}")
+
+    def _batch(self) -> list[str]:
+        batch, self.lines = self.lines, []
+        batch += [f"#shadow {s} {o} {n}" for (s, o), n in self.counts.items()]
+        batch += [f"#compared {s} {p} {r} {rows} {agreed}"
+                  for (s, p), (r, rows, agreed) in self.comparisons.items()]
+        self.counts.clear()
+        self.comparisons.clear()
+        if self.mirror is not None:
+            batch.append(f"#in_flight {self.mirror.in_flight}")
+        return batch
 
     async def run(self) -> None:
         while True:
             await asyncio.sleep(0.1)
-            if self.mirror is not None:
-                self.lines.append(f"#in_flight {self.mirror.in_flight}")
-            batch, self.lines = self.lines, []
+            batch = self._batch()
             try:
                 if self._writer is None:
                     _, self._writer = await asyncio.open_unix_connection(self.path)
@@ -76,7 +95,8 @@ async def serve(args: argparse.Namespace) -> None:
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
     ) as session:
-        mirror = Mirror(report, session, args.max_in_flight, args.timeout, args.rtol)
+        mirror = Mirror(report, session, args.max_in_flight, args.timeout, args.rtol,
+                        args.batch_rows, args.batch_wait)
         report.mirror = mirror
         receiver = HandoffReceiver(mirror)
         server = await asyncio.start_unix_server(receiver.handle, args.socket)
@@ -99,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=64)
     parser.add_argument("--timeout", type=float, default=2.0)
     parser.add_argument("--rtol", type=float, default=1e-6)
+    parser.add_argument("--batch-rows", type=int, default=64)
+    parser.add_argument("--batch-wait", type=float, default=0.05)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
     try:
@@ -113,13 +135,14 @@ def main(argv: list[str] | None = None) -> int:
 class ShadowWorker:
     """The control process's handle on the worker process."""
 
-    def __init__(self, socket: Path, telemetry: Path, max_in_flight: int, timeout: float,
-                 rtol: float) -> None:
+    def __init__(self, socket: Path, telemetry: Path, settings: Shadowing) -> None:
         self.socket = socket
         self.command = [sys.executable, "-m", "serving.router.shadow_worker",
                         "--socket", str(socket), "--telemetry", str(telemetry),
-                        "--max-in-flight", str(max_in_flight), "--timeout", str(timeout),
-                        "--rtol", str(rtol)]
+                        "--max-in-flight", str(settings.max_in_flight),
+                        "--timeout", str(settings.timeout_seconds), "--rtol", str(settings.rtol),
+                        "--batch-rows", str(settings.batch_rows),
+                        "--batch-wait", str(settings.batch_wait_seconds)]
         self.process: subprocess.Popen[bytes] | None = None
         self._writer: asyncio.StreamWriter | None = None
 

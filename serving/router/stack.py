@@ -99,10 +99,7 @@ class LocalStack:
             await web.UnixSite(runner, str(sockets.control)).start()
             telemetry = TelemetryReceiver(self.core.metrics, self.core.shadow)
             servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
-            shadowing = rs.shadow
-            self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry,
-                                              shadowing.max_in_flight, shadowing.timeout_seconds,
-                                              shadowing.rtol)
+            self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry, rs.shadow)
             await self.shadow_worker.start()
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()

@@ -9,7 +9,6 @@ from asyncio import StreamReader, StreamWriter
 
 import grpc
 
-from .compare import Comparison
 from .metrics import RouterMetrics
 from .shadow import ShadowLedger
 
@@ -66,9 +65,11 @@ class TelemetryReceiver:
                 shadow, outcome, n = rest.split()
                 self.ledger.count(shadow, outcome, int(n))
             elif kind == "#compared":
-                shadow, primary, rows, agreed, *detail = rest.split(" ", 4)
-                result = Comparison(int(rows), int(agreed), detail[0].strip() if detail else "")
-                self.ledger.compared(shadow, primary, result)
+                shadow, primary, requests, rows, agreed = rest.split()
+                self.ledger.compared(shadow, primary, int(requests), int(rows), int(agreed))
+            elif kind == "#disagreed":
+                shadow, primary, detail = rest.split(" ", 2)
+                self.ledger.stats.example(primary, detail.strip())
             elif kind == "#in_flight":
                 self.ledger.in_flight = int(rest)
         except ValueError:
