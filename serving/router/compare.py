@@ -7,12 +7,12 @@ differ a little, so they are not what "agreement" means.
 
 from __future__ import annotations
 
-import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from mlserver.grpc import dataplane_pb2 as pb
 
 from .. import datatypes
@@ -38,7 +38,7 @@ def _array(values: Any, datatype: str, shape: list[int]) -> np.ndarray:
 
 def outputs_from_rest(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
     return {o["name"]: (o["datatype"], _array(o["data"], o["datatype"], o["shape"]))
-            for o in json.loads(body)["outputs"]}
+            for o in orjson.loads(body)["outputs"]}
 
 
 def outputs_from_grpc(body: bytes) -> dict[str, tuple[str, np.ndarray]]:

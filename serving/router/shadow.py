@@ -7,7 +7,8 @@ only gets CPU time that callers' requests do not want. The worker sends the requ
 replica, compares the two answers, and reports back to the control process as metrics lines
 (telemetry.py), where `ShadowLedger` keeps the counts and the agreement.
 
-When `max_in_flight` mirrored calls are already running, new ones are dropped and counted, never
+Alike mirrored requests are batched into one inference (shadow_batch.py). When `max_in_flight`
+mirrored requests are already waiting or running, new ones are dropped and counted, never
 queued (nginx also drops, and counts, hand-overs the worker does not take fast enough).
 """
 
@@ -34,14 +35,15 @@ from .shadow_batch import (
     concat,
     grpc_inputs,
     grpc_message,
+    grpc_template_from_rest,
     join,
-    rest_body,
     rest_inputs,
     split,
 )
 
 logger = logging.getLogger("serving.router")
 T = TypeVar("T")
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 OUTCOMES = ("sent", "dropped", "failed", "timeout")
 
@@ -183,10 +185,10 @@ class Mirror:
             return
         kind, path, _ = batch[0].inputs.key
         template = batch[0].inputs.template
-        tensors = join([p.inputs for p in batch])
-        payload = rest_body(template, tensors) if kind == "rest" else grpc_message(template,
-                                                                                   tensors)
-        self._keep(self._run(pool, kind, path, payload, [p.primary for p in batch],
+        if kind == "rest":
+            template = grpc_template_from_rest(path, template)
+        payload = grpc_message(template, join([p.inputs for p in batch]))
+        self._keep(self._run(pool, kind, GRPC_INFER, payload, [p.primary for p in batch],
                              [p.answer for p in batch], [p.inputs.rows for p in batch]))
 
     def _keep(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
@@ -217,11 +219,12 @@ class Mirror:
         n = len(primaries)
         self._turn += 1
         replica = pool.replicas[self._turn % len(pool.replicas)]
-        method = "unary" if kind == "grpc" else "POST"
+        call_kind = "grpc" if rows else kind  # batches go over gRPC (see _flush)
+        method = "unary" if call_kind == "grpc" else "POST"
         started = time.perf_counter()
         code, body = "", None
         try:
-            code, body = await asyncio.wait_for(self._call(replica, kind, path, payload),
+            code, body = await asyncio.wait_for(self._call(replica, call_kind, path, payload),
                                                 self.timeout)
             outcome = "" if body is not None else "failed"
         except TimeoutError:
@@ -230,7 +233,7 @@ class Mirror:
             outcome = "timeout"
         except Exception as e:  # a broken shadow must never matter to callers
             logger.debug("shadow call failed: %s", e)
-            code, outcome = ("UNAVAILABLE" if kind == "grpc" else "503"), "failed"
+            code, outcome = ("UNAVAILABLE" if call_kind == "grpc" else "503"), "failed"
         finally:
             self.in_flight -= n
         seconds = time.perf_counter() - started
@@ -243,8 +246,9 @@ class Mirror:
         if body is None:
             return
         decode = outputs_from_grpc if kind == "grpc" else outputs_from_rest
+        decode_shadow = outputs_from_grpc if call_kind == "grpc" else outputs_from_rest
         try:
-            shadow_answers = split(decode(body), rows) if rows else [decode(body)]
+            shadow_answers = split(decode_shadow(body), rows) if rows else [decode_shadow(body)]
             # one comparison per primary predictor, over all of its requests in the batch
             by_primary: dict[str, tuple[list[Decoded], list[Decoded]]] = {}
             for primary, answer, shadow_answer in zip(primaries, answers, shadow_answers,

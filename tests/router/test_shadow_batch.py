@@ -13,8 +13,8 @@ from serving.dataset import sample_rows
 from serving.router.shadow_batch import (
     grpc_inputs,
     grpc_message,
+    grpc_template_from_rest,
     join,
-    rest_body,
     rest_inputs,
     split,
 )
@@ -34,15 +34,18 @@ def grpc_request(rows: np.ndarray) -> bytes:
     return bytes(message.SerializeToString())
 
 
-def test_rest_requests_as_mlserver_clients_send_them_join_into_one_with_all_rows() -> None:
+def test_rest_requests_as_mlserver_clients_send_them_join_into_one_grpc_request() -> None:
     parts = [rest_inputs(PATH, rest_request(ROWS[i:i + n])) for i, n in ((0, 1), (1, 2))]
     assert all(p is not None for p in parts)
     assert parts[0].key == parts[1].key  # type: ignore[union-attr]
-    joined = json.loads(rest_body(parts[0].template, join(parts)))  # type: ignore[arg-type, union-attr]
-    (tensor,) = joined["inputs"]
-    assert tensor["shape"] == [3, 30]
-    assert tensor["parameters"] == {"content_type": "np"}  # what MLServer decodes by
-    np.testing.assert_array_equal(np.array(tensor["data"]).reshape(3, 30), ROWS[:3])
+    template = grpc_template_from_rest(PATH, parts[0].template)  # type: ignore[union-attr]
+    message = pb.ModelInferRequest.FromString(grpc_message(template, join(parts)))  # type: ignore[arg-type]
+    assert message.model_name == "breast-cancer"
+    (tensor,) = message.inputs
+    assert list(tensor.shape) == [3, 30]
+    assert tensor.parameters["content_type"].string_param == "np"  # what MLServer decodes by
+    np.testing.assert_array_equal(
+        np.frombuffer(message.raw_input_contents[0], dtype=np.float64).reshape(3, 30), ROWS[:3])
 
 
 def test_grpc_requests_join_into_one_with_raw_contents() -> None:
