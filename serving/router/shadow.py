@@ -18,10 +18,9 @@ import asyncio
 import json
 import logging
 import time
-from asyncio import StreamReader, StreamWriter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import aiohttp
 import grpc
@@ -147,7 +146,7 @@ class Mirror:
     batch_rows: int = 64
     """A batch is sent once it has this many rows..."""
     batch_wait: float = 0.05
-    """...or this many seconds after its first request arrived."""
+    """...or at the next read, every this many seconds (HandoffReceiver.read_every)."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
     _batches: dict[tuple[str, BatchKey], tuple[ShadowPool, list[Pending]]] = field(
@@ -173,10 +172,13 @@ class Mirror:
         batch_id = (pool.name, inputs.key)
         if batch_id not in self._batches:
             self._batches[batch_id] = (pool, [])
-            asyncio.get_running_loop().call_later(self.batch_wait, self._flush, batch_id)
         batch = self._batches[batch_id][1]
         batch.append(Pending(inputs, primary, answer))
         if sum(p.inputs.rows for p in batch) >= self.batch_rows:
+            self._flush(batch_id)
+
+    def flush_all(self) -> None:
+        for batch_id in list(self._batches):
             self._flush(batch_id)
 
     def _flush(self, batch_id: tuple[str, BatchKey]) -> None:
@@ -264,8 +266,7 @@ class Mirror:
             logger.warning("could not compare the shadow's answers: %s", e)
 
     async def drain(self) -> None:
-        for batch_id in list(self._batches):
-            self._flush(batch_id)
+        self.flush_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -288,22 +289,37 @@ class HandoffReceiver:
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
         self.pool: ShadowPool | None = None
+        self.connections: set[HandoffConnection] = set()
 
-    async def handle(self, reader: StreamReader, writer: StreamWriter) -> None:
-        try:
-            while head := await reader.readline():
-                fields = head.decode().split()
-                if fields[0] == "table":
-                    self.install(await reader.readexactly(int(fields[1])))
-                    continue
-                kind, shadow, primary, path, code, n_request, n_response = fields
-                request = await reader.readexactly(int(n_request))
-                response = await reader.readexactly(int(n_response))
-                self.launch(kind, shadow, primary, path, code, request, response)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError) as e:
-            logger.warning("bad mirrored pair: %s", e)
-        finally:
-            writer.close()
+    async def read_every(self, seconds: float) -> None:
+        """Let the connections read every `seconds` only: the worker then wakes a few times per
+        second for a batch, not once per request (each wake-up costs CPU, and any CPU spent
+        next to the primary's requests shows in their tail latency)."""
+        while True:
+            await asyncio.sleep(seconds)
+            for connection in list(self.connections):
+                connection.transport.resume_reading()
+            await asyncio.sleep(0.002)  # the reads happen on the next turns of the loop
+            self.mirror.flush_all()  # then one batch per kind of request
+
+    def consume(self, buffer: bytearray) -> None:
+        """Take every complete frame off the front of `buffer`."""
+        while (end := buffer.find(b"\n")) >= 0:
+            fields = buffer[:end].decode().split()
+            if fields[0] == "table":
+                size = int(fields[1])
+                if len(buffer) < end + 1 + size:
+                    return
+                self.install(bytes(buffer[end + 1:end + 1 + size]))
+                del buffer[:end + 1 + size]
+                continue
+            kind, shadow, primary, path, code, n_request, n_response = fields
+            a, b = end + 1 + int(n_request), end + 1 + int(n_request) + int(n_response)
+            if len(buffer) < b:
+                return
+            request, response = bytes(buffer[end + 1:a]), bytes(buffer[a:b])
+            del buffer[:b]
+            self.launch(kind, shadow, primary, path, code, request, response)
 
     def install(self, raw_table: bytes) -> None:
         new = ShadowPool.from_table(json.loads(raw_table))
@@ -330,3 +346,31 @@ class HandoffReceiver:
         else:
             self.mirror.submit(pool, kind, path, request, primary,
                                response if code == "200" else None)
+
+
+class HandoffConnection(asyncio.Protocol):
+    """One connection from nginx (or the control process): reads, then pauses until the
+    receiver's next `read_every` tick."""
+
+    def __init__(self, receiver: HandoffReceiver) -> None:
+        self.receiver = receiver
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.receiver.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            self.receiver.consume(self.buffer)
+        except (ValueError, IndexError) as e:
+            logger.warning("bad mirrored pair, connection dropped: %s", e)
+            self.transport.close()
+            return
+        if self.receiver.mirror.batch_wait > 0:
+            self.transport.pause_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.receiver.connections.discard(self)

@@ -32,7 +32,7 @@ from ..errors import ServingError
 from ..server import _child_setup
 from ..spec import Shadowing
 from .compare import Comparison
-from .shadow import HandoffReceiver, Mirror
+from .shadow import HandoffConnection, HandoffReceiver, Mirror
 
 logger = logging.getLogger("serving.router")
 # Mirrored work only gets CPU time that nothing else wants (SCHED_IDLE), like shadow replicas.
@@ -99,14 +99,16 @@ async def serve(args: argparse.Namespace) -> None:
                         args.batch_rows, args.batch_wait)
         report.mirror = mirror
         receiver = HandoffReceiver(mirror)
-        server = await asyncio.start_unix_server(receiver.handle, args.socket)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        server = await loop.create_unix_server(lambda: HandoffConnection(receiver), args.socket)
+        reader = asyncio.create_task(receiver.read_every(max(args.batch_wait, 0.001)))
+        stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reporter = asyncio.create_task(report.run())
         await stop.wait()
         server.close()
+        reader.cancel()
         await asyncio.wait_for(mirror.drain(), 2)
         await asyncio.sleep(0.15)  # one last report
         reporter.cancel()
@@ -167,11 +169,11 @@ class ShadowWorker:
     async def push_table(self, table: dict[str, Any]) -> None:
         payload = json.dumps(table).encode()
         try:
-            if self._writer is None:
+            if self._writer is None or self._writer.is_closing():
                 _, self._writer = await asyncio.open_unix_connection(self.socket)
             self._writer.write(f"table {len(payload)}\n".encode() + payload)
             await self._writer.drain()
-        except OSError as e:
+        except (OSError, RuntimeError) as e:
             self._writer = None
             logger.warning("could not send the routing table to the shadow worker: %s", e)
 
