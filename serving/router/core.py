@@ -131,6 +131,7 @@ class RouterCore:
             "requests": self.request_counts(),
             "shadow": {
                 "inFlight": self.shadow.in_flight,
+                "worker": dict(self.shadow.worker),
                 **self.shadow.counts,
                 "agreement": self.shadow.stats.as_dict(),
             },

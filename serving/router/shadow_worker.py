@@ -163,6 +163,10 @@ class ShadowWorker:
                 raise ServingError(f"the shadow worker did not start within {timeout:g}s")
             await asyncio.sleep(0.02)
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 

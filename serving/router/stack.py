@@ -101,6 +101,7 @@ class LocalStack:
             servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
             self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry, rs.shadow)
             await self.shadow_worker.start()
+            self.core.shadow.worker["pid"] = self.shadow_worker.pid
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
             config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
@@ -199,8 +200,11 @@ class LocalStack:
             await asyncio.sleep(0.5)
             await self._publish()  # replicas that died or came back since the last tick
             if self.shadow_worker is not None and not self.shadow_worker.alive():
-                print("the shadow worker exited; restarting it", flush=True)
+                code = self.shadow_worker.process.returncode if self.shadow_worker.process else None
+                print(f"the shadow worker exited with code {code}; restarting it", flush=True)
                 await self.shadow_worker.start()
+                worker = self.core.shadow.worker
+                worker["pid"], worker["restarts"] = self.shadow_worker.pid, (worker["restarts"] or 0) + 1
                 await self._publish(force=True)
             for pool in list(self.core.state.pools.values()):
                 for replica in pool.replicas:

@@ -137,6 +137,27 @@ def test_killing_the_shadow_mid_load_fails_no_primary_request(stack: Stack) -> N
         "replicas"][0]["restarts"] >= 1
 
 
+def test_killing_the_shadow_worker_mid_load_fails_no_primary_request(stack: Stack) -> None:
+    results: list[int] = []
+    threads = [_load_in_background(stack, 3.0, results) for _ in range(4)]
+    time.sleep(0.5)
+    worker = stack.status()["shadow"]["worker"]
+    os.kill(worker["pid"], signal.SIGKILL)
+    for t in threads:
+        t.join()
+    assert len(results) > 100
+    assert Counter(results) == {200: len(results)}
+    restarted = stack.status()["shadow"]["worker"]
+    assert restarted["restarts"] >= 1 and restarted["pid"] != worker["pid"]
+    # and mirroring works again: new requests are compared
+    compared = stack.status()["shadow"]["agreement"]["requestsCompared"]
+    send_many(stack.infer_url, 100)
+    deadline = time.monotonic() + 10
+    while stack.status()["shadow"]["agreement"]["requestsCompared"] <= compared:
+        assert time.monotonic() < deadline, "no comparison after the worker restarted"
+        time.sleep(0.2)
+
+
 def test_weight_changes_under_load_lose_no_request(stack: Stack) -> None:
     results: list[int] = []
     threads = [_load_in_background(stack, 3.0, results) for _ in range(4)]
