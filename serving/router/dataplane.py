@@ -67,6 +67,31 @@ class Sockets:
         return self.folder / "shadow.sock"
 
 
+# Set by router.lua's access(); nginx variables rather than ngx.ctx because they must survive
+# error_page's internal redirect.
+REQUEST_VARIABLES = "".join(f'    set ${name} "";\n' for name in (
+    "predictor", "predictor_version", "service", "started", "fallback_from", "counted"))
+
+
+def forwarding(module: str, kind: str, timeout: str) -> str:
+    """What REST (module 'proxy') and gRPC (module 'grpc') forwarding share: a refused or reset
+    connection is tried once more on another replica; nginx's own errors (502 no replica
+    reachable, 504 timeout, 413 body too large) are answered by router.lua in the caller's
+    protocol."""
+    lines = [f'      {module}_set_header x-seldon-predictor "";',
+             f"      {module}_next_upstream error non_idempotent;",
+             f"      {module}_next_upstream_tries 2;",
+             f"      {module}_connect_timeout 2s;",
+             f"      {module}_read_timeout {timeout};",
+             f"      {module}_send_timeout {timeout};"]
+    lines += [f"      error_page {code} = @{kind}_{code};" for code in (502, 504, 413)]
+    lines.append("    }")
+    lines += [f"    location @{kind}_{code} {{ content_by_lua_block {{ "
+              f'require("router").upstream_error("{kind}", {code}) }} }}'
+              for code in (502, 504, 413)]
+    return "\n".join(lines) + "\n"
+
+
 def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sockets: Sockets,
                   error_log: Path) -> str:
     rs = spec.router
@@ -130,13 +155,7 @@ http {{
 
   server {{                       # REST, as Seldon's Istio gateway: /seldon/<ns>/<deployment>/
     listen {rs.host}:{rest_port} reuseport;
-    set $predictor "";             # these five are set by router.lua's access()
-    set $predictor_version "";
-    set $service "";
-    set $started "";
-    set $fallback_from "";
-    set $counted "";
-    header_filter_by_lua_block {{ require("router").header_filter() }}
+{REQUEST_VARIABLES}    header_filter_by_lua_block {{ require("router").header_filter() }}
     log_by_lua_block {{ require("router").log("rest") }}
 
     location ~ ^/seldon/{d.namespace}/{d.name}/(.*)$ {{
@@ -146,20 +165,7 @@ http {{
       proxy_pass http://rest_replicas$tail;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
-      proxy_set_header x-seldon-predictor "";
-      proxy_next_upstream error non_idempotent;   # refused or reset: once more, elsewhere
-      proxy_next_upstream_tries 2;
-      proxy_connect_timeout 2s;
-      proxy_read_timeout {timeout};
-      proxy_send_timeout {timeout};
-      error_page 502 = @rest_502;
-      error_page 504 = @rest_504;
-      error_page 413 = @rest_413;
-    }}
-    location @rest_502 {{ content_by_lua_block {{ require("router").upstream_error("rest", 502) }} }}
-    location @rest_504 {{ content_by_lua_block {{ require("router").upstream_error("rest", 504) }} }}
-    location @rest_413 {{ content_by_lua_block {{ require("router").upstream_error("rest", 413) }} }}
-    location /seldon/ {{
+{forwarding("proxy", "rest", timeout)}    location /seldon/ {{
       return 404 '{{"error": "no SeldonDeployment at this path; this router serves /seldon/{d.namespace}/{d.name}/"}}\\n';
     }}
     location /admin/ {{ proxy_pass http://control; proxy_http_version 1.1; proxy_set_header Connection ""; }}
@@ -172,13 +178,7 @@ http {{
 
   server {{                       # gRPC, routed by the metadata Seldon's Istio routes use
     listen {rs.host}:{grpc_port} http2 reuseport;
-    set $predictor "";
-    set $predictor_version "";
-    set $service "";
-    set $started "";
-    set $fallback_from "";
-    set $counted "";
-    header_filter_by_lua_block {{ require("router").header_filter() }}
+{REQUEST_VARIABLES}    header_filter_by_lua_block {{ require("router").header_filter() }}
     log_by_lua_block {{ require("router").log("grpc") }}
 
     location /inference.GRPCInferenceService/ {{
@@ -191,20 +191,7 @@ http {{
       }}
       body_filter_by_lua_block {{ require("router").body_filter() }}
       grpc_pass grpc://grpc_replicas;
-      grpc_set_header x-seldon-predictor "";
-      grpc_next_upstream error non_idempotent;
-      grpc_next_upstream_tries 2;
-      grpc_connect_timeout 2s;
-      grpc_read_timeout {timeout};
-      grpc_send_timeout {timeout};
-      error_page 502 = @grpc_502;
-      error_page 504 = @grpc_504;
-      error_page 413 = @grpc_413;
-    }}
-    location @grpc_502 {{ content_by_lua_block {{ require("router").upstream_error("grpc", 502) }} }}
-    location @grpc_504 {{ content_by_lua_block {{ require("router").upstream_error("grpc", 504) }} }}
-    location @grpc_413 {{ content_by_lua_block {{ require("router").upstream_error("grpc", 413) }} }}
-    location / {{
+{forwarding("grpc", "grpc", timeout)}    location / {{
       content_by_lua_block {{ require("router").reject_unimplemented() }}
     }}
   }}

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -35,8 +36,6 @@ from .compare import Comparison
 from .shadow import HandoffConnection, HandoffReceiver, Mirror
 
 logger = logging.getLogger("serving.router")
-# Mirrored work only gets CPU time that nothing else wants (SCHED_IDLE), like shadow replicas.
-IDLE_NICENESS = 19
 
 
 class TelemetryWriter:
@@ -101,6 +100,9 @@ async def serve(args: argparse.Namespace) -> None:
         receiver = HandoffReceiver(mirror)
         loop = asyncio.get_running_loop()
         server = await loop.create_unix_server(lambda: HandoffConnection(receiver), args.socket)
+        # Started at normal priority so that it starts fast on a busy machine; from here on,
+        # the idle class (threads started later, gRPC's among them, inherit it).
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
         reader = asyncio.create_task(receiver.read_every(max(args.batch_wait, 0.001)))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -152,8 +154,9 @@ class ShadowWorker:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         self._writer = None
+        # It moves itself to the idle CPU class once it listens (see serve()).
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_child_setup(IDLE_NICENESS))
+                                        preexec_fn=_child_setup(0))
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.process.poll() is not None:

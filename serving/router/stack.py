@@ -200,12 +200,7 @@ class LocalStack:
             await asyncio.sleep(0.5)
             await self._publish()  # replicas that died or came back since the last tick
             if self.shadow_worker is not None and not self.shadow_worker.alive():
-                code = self.shadow_worker.process.returncode if self.shadow_worker.process else None
-                print(f"the shadow worker exited with code {code}; restarting it", flush=True)
-                await self.shadow_worker.start()
-                worker = self.core.shadow.worker
-                worker["pid"], worker["restarts"] = self.shadow_worker.pid, (worker["restarts"] or 0) + 1
-                await self._publish(force=True)
+                await self._restart_shadow_worker()
             for pool in list(self.core.state.pools.values()):
                 for replica in pool.replicas:
                     process = replica.server.process
@@ -219,6 +214,20 @@ class LocalStack:
                         # it back as soon as it answers its readiness probe again.
                         self._restarting.add(replica.name)
                         asyncio.create_task(self._probe(replica))
+
+    async def _restart_shadow_worker(self) -> None:
+        assert self.shadow_worker is not None
+        worker = self.shadow_worker
+        code = worker.process.returncode if worker.process else None
+        self.core.shadow.worker["restarts"] = (self.core.shadow.worker["restarts"] or 0) + 1
+        print(f"the shadow worker exited with code {code}; restarting it", flush=True)
+        try:
+            await worker.start()
+        except ServingError as e:  # tried again on the next tick
+            print(f"the shadow worker failed to restart: {e.message}", flush=True)
+            return
+        self.core.shadow.worker["pid"] = worker.pid
+        await self._publish(force=True)
 
     async def _probe(self, replica: Replica) -> None:
         url = f"{replica.rest_url}/v2/models/{self.spec.model.name}/ready"
