@@ -131,7 +131,6 @@ http {{
   client_body_buffer_size {rs.max_body_bytes};   # bodies stay in memory: mirrored, retried
   client_body_in_single_buffer on;
   keepalive_requests 1000000;    # nginx's default (1000) makes clients reconnect needlessly
-  http2_max_requests 1000000;
   lua_package_path "{LUA_DIR}/?.lua;;";
   lua_shared_dict router 16m;
   lua_max_pending_timers 4096;

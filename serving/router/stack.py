@@ -105,7 +105,7 @@ class LocalStack:
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
             config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
-                                   self.log_dir / "nginx-error.log")
+                                   self.log_dir.resolve() / "nginx-error.log")
             self.nginx = Nginx(config, run_dir, sockets)
             await asyncio.to_thread(self.nginx.start)
             self.core.dataplane_counters = self.nginx.counters

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
+import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from serving.cli import main
+from serving.router.stack import start_background, stop_background
 
-from .conftest import Stack, start_stack, stop_stack
+from .conftest import Stack, infer_body, start_stack, stop_stack
 
 pytestmark = pytest.mark.slow
 ONE_PREDICTOR = {"predictors": [{"name": "stable", "version": "v1", "traffic": 100}]}
@@ -57,13 +61,36 @@ def test_serving_down_stops_the_router_and_every_replica(models_root: Path,
             stop_stack(stack)
 
 
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
 def test_a_killed_router_takes_its_model_servers_with_it(models_root: Path,
                                                          tmp_path: Path) -> None:
     stack = start_stack(ONE_PREDICTOR, tmp_path, models_root)
     pids = replica_pids(stack)
+    helpers = children(stack.process.pid)  # model servers, nginx, the shadow worker
+    assert stack.status()["shadow"]["worker"]["pid"] in helpers
     os.kill(stack.process.pid, signal.SIGKILL)
     stack.process.wait()
     assert all(gone(pid) for pid in pids), "model servers outlived their router"
+    assert all(gone(pid) for pid in helpers), "nginx or the shadow worker outlived the router"
+
+
+def test_up_works_from_a_relative_state_dir(models_root: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # like 'make up': .serving/ under the current directory
+    values = {**ONE_PREDICTOR, "model": {"localRepository": str(models_root)},
+              "router": {"port": 0, "grpcPort": 0}}
+    Path("values.yaml").write_text(yaml.safe_dump(values))
+    process, state = start_background(Path("values.yaml"), Path(".serving"), Path("up.log"))
+    try:
+        resp = httpx.post(state["seldonUrl"] + "/v2/models/breast-cancer/infer",
+                          json=infer_body(), timeout=10)
+        assert resp.status_code == 200, resp.text
+    finally:
+        stop_background(process)
 
 
 def test_up_refuses_a_bad_values_file_naming_the_field(tmp_path: Path) -> None:
