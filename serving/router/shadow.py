@@ -122,8 +122,9 @@ class ShadowPool:
         if not name:
             return None
         p = table["predictors"][name]
-        return cls(name, p["version"], [ShadowReplica("http://" + rest, grpc_target)
-                                        for rest, grpc_target in zip(p["rest"], p["grpc"], strict=True)])
+        replicas = [ShadowReplica("http://" + rest, grpc_target)
+                    for rest, grpc_target in zip(p["rest"], p["grpc"], strict=True)]
+        return cls(name, p["version"], replicas)
 
 
 @dataclass
@@ -331,6 +332,11 @@ class HandoffReceiver:
             # same shadow: keep the gRPC channels of replicas still listed
             known = {r.grpc_target: r for r in old.replicas}
             new.replicas = [known.get(r.grpc_target, r) for r in new.replicas]
+        if old is not None:
+            kept = {id(r) for r in new.replicas} if new is not None else set()
+            for replica in old.replicas:
+                if id(replica) not in kept:
+                    self.mirror._keep(replica.close())
         self.pool = new
 
     def launch(self, kind: str, shadow: str, primary: str, path: str, code: str,
