@@ -13,6 +13,7 @@ connections, and a request racing that close would be lost).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -111,6 +112,7 @@ def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sock
     return f"""# Written by serving/router/dataplane.py for {d.namespace}/{d.name}; do not edit.
 {user}
 worker_processes 1;
+worker_shutdown_timeout 3s;     # a graceful stop never waits on a slow model for long
 daemon off;
 master_process on;
 pid {prefix}/nginx.pid;
@@ -143,22 +145,29 @@ http {{
     balancer_by_lua_block {{ require("router").balance() }}
     keepalive 64;
     keepalive_requests 1000000;
+    keepalive_timeout 4s;        # below MLServer's 5 s, so nginx never reuses a closing one
   }}
   upstream grpc_replicas {{
     server 0.0.0.1;
     balancer_by_lua_block {{ require("router").balance() }}
     keepalive 64;
     keepalive_requests 1000000;
+    keepalive_timeout 4s;        # below MLServer's 5 s, so nginx never reuses a closing one
   }}
   upstream control {{ server unix:{sockets.control}; keepalive 4; }}
+  # What is forwarded: the path after the prefix, still percent-encoded as the caller sent it
+  # (nginx's $uri is decoded; forwarding it would let %0D%0A or %20 reshape the request).
+  map $request_uri $tail {{
+    "~^/seldon/{d.namespace}/{d.name}(?<rest>/.*)$" $rest;
+    default "/";
+  }}
 
   server {{                       # REST, as Seldon's Istio gateway: /seldon/<ns>/<deployment>/
     listen {rs.host}:{rest_port} reuseport;
 {REQUEST_VARIABLES}    header_filter_by_lua_block {{ require("router").header_filter() }}
     log_by_lua_block {{ require("router").log("rest") }}
 
-    location ~ ^/seldon/{d.namespace}/{d.name}/(.*)$ {{
-      set $tail /$1$is_args$args;
+    location ~ ^/seldon/{d.namespace}/{d.name}/ {{
       access_by_lua_block {{ require("router").access("rest", {sticky}) }}
       body_filter_by_lua_block {{ require("router").body_filter() }}
       proxy_pass http://rest_replicas$tail;
@@ -179,6 +188,8 @@ http {{
     listen {rs.host}:{grpc_port} http2 reuseport;
 {REQUEST_VARIABLES}    header_filter_by_lua_block {{ require("router").header_filter() }}
     log_by_lua_block {{ require("router").log("grpc") }}
+    set $grpc_error_type "";       # router.lua sets it for its own errors: nginx drops the
+    add_header content-type $grpc_error_type always;  # content type of a 204 otherwise
 
     location /inference.GRPCInferenceService/ {{
       access_by_lua_block {{
@@ -226,9 +237,12 @@ class Nginx:
         if check.returncode != 0:
             raise ServingError(f"nginx refused its config {self.config_path}: "
                                f"{check.stderr.strip()}")
-        # Dies with the control process (PR_SET_PDEATHSIG), like the model servers.
+        # Dies with the control process (PR_SET_PDEATHSIG), like the model servers; its own
+        # process group, so that stop() can end the master and its worker together.
+        with contextlib.suppress(FileNotFoundError):
+            self.sockets.table.unlink()  # left by an nginx that was killed
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_child_setup(0))
+                                        preexec_fn=_child_setup(0), process_group=0)
         deadline = time.monotonic() + timeout
         while not self.sockets.table.exists():
             if self.process.poll() is not None:
@@ -254,14 +268,18 @@ class Nginx:
     def in_flight(self, pool_uid: int) -> int:
         return int(self.counters(pool_uid).get("inFlight", 0))
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def stop(self, grace: float = 5.0) -> None:
-        """Graceful (SIGQUIT: finish requests in flight), then SIGKILL."""
+        """Graceful (SIGQUIT: finish requests in flight), then SIGKILL to master and worker."""
         self._client.close()
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # a worker that outlived its master
+        self.process.wait()

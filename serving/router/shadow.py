@@ -164,11 +164,15 @@ class Mirror:
         if self.in_flight >= self.max_in_flight or not pool.replicas:
             self.report.count(pool.name, "dropped")
             return
-        self.in_flight += 1
-        self.report.count(pool.name, "sent")
         inputs = None
         if answer is not None:
-            inputs = rest_inputs(path, request) if kind == "rest" else grpc_inputs(path, request)
+            try:
+                inputs = (rest_inputs(path, request) if kind == "rest"
+                          else grpc_inputs(path, request))
+            except Exception as e:  # unreadable: mirrored alone, as it came
+                logger.debug("not batched: %s", e)
+        self.in_flight += 1
+        self.report.count(pool.name, "sent")
         if inputs is None or answer is None:  # mirrored alone, as it came
             self._keep(self._run(pool, kind, path, request, [primary], [answer], None))
             return
@@ -182,19 +186,31 @@ class Mirror:
 
     def flush_all(self) -> None:
         for batch_id in list(self._batches):
-            self._flush(batch_id)
+            try:
+                self._flush(batch_id)
+            except Exception as e:  # a batch that cannot be built is lost, not the worker
+                logger.warning("could not send a batch to the shadow: %s", e)
 
     def _flush(self, batch_id: tuple[str, BatchKey]) -> None:
         pool, batch = self._batches.pop(batch_id, (None, []))
         if pool is None or not batch:
             return
-        kind, path, _ = batch[0].inputs.key
-        template = batch[0].inputs.template
-        if kind == "rest":
-            template = grpc_template_from_rest(path, template)
-        payload = grpc_message(template, join([p.inputs for p in batch]))
-        self._keep(self._run(pool, kind, GRPC_INFER, payload, [p.primary for p in batch],
-                             [p.answer for p in batch], [p.inputs.rows for p in batch]))
+        self._keep(self._send_batch(pool, batch))
+
+    async def _send_batch(self, pool: ShadowPool, batch: list[Pending]) -> None:
+        try:
+            kind, path, _ = batch[0].inputs.key
+            template = batch[0].inputs.template
+            if kind == "rest":
+                template = grpc_template_from_rest(path, template)
+            payload = grpc_message(template, join([p.inputs for p in batch]))
+        except Exception as e:
+            self.in_flight -= len(batch)
+            self.report.count(pool.name, "failed", len(batch))
+            logger.warning("could not build a batch for the shadow: %s", e)
+            return
+        await self._run(pool, kind, GRPC_INFER, payload, [p.primary for p in batch],
+                        [p.answer for p in batch], [p.inputs.rows for p in batch])
 
     def _keep(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # The event loop holds tasks weakly: keep a reference until each one is done.
@@ -212,7 +228,8 @@ class Mirror:
             except grpc.aio.AioRpcError as e:
                 return e.code().name, None
         async with self.session.post(replica.rest_url + path, data=payload,
-                                     headers={"content-type": "application/json"}) as resp:
+                                     headers={"content-type": "application/json",
+                                              "accept-encoding": "identity"}) as resp:
             body = await resp.read()
             return str(resp.status), body if resp.status == 200 else None
 

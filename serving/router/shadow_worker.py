@@ -111,7 +111,8 @@ async def serve(args: argparse.Namespace) -> None:
         await stop.wait()
         server.close()
         reader.cancel()
-        await asyncio.wait_for(mirror.drain(), 2)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(mirror.drain(), 2)
         await asyncio.sleep(0.15)  # one last report
         reporter.cancel()
 

@@ -65,6 +65,7 @@ class LocalStack:
         self.nginx: Nginx | None = None
         self.shadow_worker: ShadowWorker | None = None
         self._published: dict[str, Any] | None = None
+        self._publishing = asyncio.Lock()
         self._generation = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -142,15 +143,16 @@ class LocalStack:
         """Send nginx the routing table if it changed (weights, predictors, live replicas)."""
         if self.nginx is None:
             return
-        table = self.core.table()
-        if table == self._published and not force:
-            return
-        self._generation += 1
-        table_with_generation = {**table, "generation": self._generation}
-        await asyncio.to_thread(self.nginx.push_table, table_with_generation)
-        if self.shadow_worker is not None:
-            await self.shadow_worker.push_table(table_with_generation)
-        self._published = table
+        async with self._publishing:  # one push at a time: an older table never lands last
+            table = self.core.table()
+            if table == self._published and not force:
+                return
+            self._generation += 1
+            table_with_generation = {**table, "generation": self._generation}
+            await asyncio.to_thread(self.nginx.push_table, table_with_generation)
+            if self.shadow_worker is not None:
+                await self.shadow_worker.push_table(table_with_generation)
+            self._published = table
 
     def stop(self) -> None:
         self._stopping.set()
@@ -198,6 +200,8 @@ class LocalStack:
     async def _monitor(self) -> None:
         while True:
             await asyncio.sleep(0.5)
+            if self.nginx is not None and not self.nginx.alive():
+                await self._restart_nginx()
             await self._publish()  # replicas that died or came back since the last tick
             if self.shadow_worker is not None and not self.shadow_worker.alive():
                 await self._restart_shadow_worker()
@@ -214,6 +218,17 @@ class LocalStack:
                         # it back as soon as it answers its readiness probe again.
                         self._restarting.add(replica.name)
                         asyncio.create_task(self._probe(replica))
+
+    async def _restart_nginx(self) -> None:
+        assert self.nginx is not None
+        code = self.nginx.process.returncode if self.nginx.process else None
+        print(f"nginx exited with code {code}; restarting it", flush=True)
+        try:
+            await asyncio.to_thread(self.nginx.start)
+        except ServingError as e:  # tried again on the next tick
+            print(f"nginx failed to restart: {e.message}", flush=True)
+            return
+        await self._publish(force=True)
 
     async def _restart_shadow_worker(self) -> None:
         assert self.shadow_worker is not None

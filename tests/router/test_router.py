@@ -227,6 +227,14 @@ def test_malformed_requests_are_answered_like_mlserver(stack: Stack) -> None:
     assert resp.status_code == 400 and "shape" in resp.json()["error"]
 
 
+def test_percent_encoded_paths_are_forwarded_as_sent(stack: Stack) -> None:
+    # decoded, %0D%0A would split the forwarded request and inject a header
+    url = f"{stack.seldon_url}/v2/models/breast-cancer%0D%0AX-Evil:%201/infer"
+    resp = httpx.post(url, json=infer_body())
+    assert resp.status_code == 404, resp.text  # MLServer: no such model
+    assert "not found" in resp.text.lower()
+
+
 def test_unknown_deployment_path_is_a_404(stack: Stack) -> None:
     url = stack.state["restUrl"] + "/seldon/other/breast-cancer/v2/models/breast-cancer/infer"
     resp = httpx.post(url, json=infer_body())

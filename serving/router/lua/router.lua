@@ -53,7 +53,7 @@ end
 -- stream (status 204 makes nginx send no body, hence END_STREAM on the headers).
 local function grpc_status(code, message)
   ngx.status = 204
-  ngx.header["content-type"] = "application/grpc"
+  ngx.var.grpc_error_type = "application/grpc"  -- see the gRPC server block in dataplane.py
   ngx.header["grpc-status"] = code
   ngx.header["grpc-message"] = ngx.escape_uri(message)
   return ngx.exit(204)
@@ -173,7 +173,11 @@ function _M.access(kind, sticky_key)
     -- gRPC bodies are read whole so a refused connection can be retried on another replica;
     -- mirrored bodies so they can be handed to the shadow afterwards.
     ngx.req.read_body()
-    if ctx.mirror then ctx.request_body = ngx.req.get_body_data() end
+    if ctx.mirror then
+      ctx.request_body = ngx.req.get_body_data()
+      -- the captured answer must be comparable: plain, not gzipped for the caller
+      ngx.req.clear_header("Accept-Encoding")
+    end
   end
 end
 
@@ -188,7 +192,7 @@ function _M.balance()
     if #peers > 1 then balancer.set_more_tries(1) end
   else
     local _, failure = balancer.get_last_failure()
-    if failure then
+    if failure and #peers > 1 then
       -- refused or reset: keep other requests off it until the control process says otherwise
       local failed = peers[(ctx.first + ctx.tries - 1) % #peers + 1]
       shared:set("down:" .. failed, true, 1)
