@@ -51,8 +51,3 @@ class SpecError(ServingError):
     status_code = 400
     exit_code = 2
 
-
-class UpstreamUnavailable(ServingError):
-    """No live replica could answer for a predictor."""
-
-    status_code = 503

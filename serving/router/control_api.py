@@ -8,12 +8,11 @@ import json
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .core import PREDICTOR_HEADER, RouterCore
+from .core import RouterCore
 
 
-def json_error(status: int, message: str, predictor: str | None = None) -> web.Response:
-    headers = {PREDICTOR_HEADER: predictor} if predictor else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
 
 
 class ControlApi:

@@ -19,8 +19,6 @@ from .traffic import Routes
 
 logger = logging.getLogger("serving.router")
 
-PREDICTOR_HEADER = "x-seldon-predictor"
-
 
 @dataclass(frozen=True)
 class RouterState:
@@ -50,6 +48,8 @@ class RouterCore:
         self.started = time.time()
         # what nginx counted itself (mirrored pairs it could not hand over); set by the stack
         self.dataplane_counters: Callable[[], dict[str, int]] = dict
+        # the shadow worker process: pid, restarts; set by the stack
+        self.shadow_worker_status: Callable[[], dict[str, int | None]] = dict
         self._publish_traffic()
 
     # -- the data plane's view ------------------------------------------------------------------
@@ -131,7 +131,7 @@ class RouterCore:
             "requests": self.request_counts(),
             "shadow": {
                 "inFlight": self.shadow.in_flight,
-                "worker": dict(self.shadow.worker),
+                "worker": self.shadow_worker_status(),
                 **self.shadow.counts,
                 "agreement": self.shadow.stats.as_dict(),
             },

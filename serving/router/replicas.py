@@ -9,8 +9,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
-
 from ..artifacts import version_dir
 from ..server import MLServerProcess, ServerSettings, free_port
 from ..spec import Predictor
@@ -29,7 +27,6 @@ class Replica:
     server: MLServerProcess
     alive: bool = False
     restarts: int = 0
-    _channel: grpc.aio.Channel | None = None
 
     @property
     def name(self) -> str:
@@ -43,17 +40,6 @@ class Replica:
     def pid(self) -> int | None:
         return self.server.process.pid if self.server.process else None
 
-    def channel(self) -> grpc.aio.Channel:
-        # Created lazily inside the running event loop, reused for every call.
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.server.grpc_target)
-        return self._channel
-
-    async def close_channel(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = None
-
 
 @dataclass
 class PredictorPool:
@@ -61,8 +47,6 @@ class PredictorPool:
 
     predictor: Predictor
     replicas: list[Replica]
-    in_flight: int = 0
-    """Mirrored calls in flight (nginx counts the callers' requests, per `uid`)."""
     uid: int = field(default_factory=lambda: next(_pool_ids))
     stopped: bool = False
     """Set once the pool is retired: a replica restart in progress must not revive it."""
@@ -121,16 +105,15 @@ async def start_pool(
 
 async def stop_pool(pool: PredictorPool, drain_timeout: float = 10.0,
                     in_flight: Callable[[], Awaitable[int]] | None = None) -> None:
-    """Wait for in-flight requests to finish (mirrored ones here, plus what `in_flight` reports:
-    nginx's count for this predictor), then stop the processes."""
+    """Wait until `in_flight` (nginx's count of this pool's requests) reports none, then stop
+    the processes."""
     pool.stopped = True
     loop = asyncio.get_running_loop()
     deadline = loop.time() + drain_timeout
     while loop.time() < deadline:
-        if not pool.in_flight and (in_flight is None or not await in_flight()):
+        if in_flight is None or not await in_flight():
             break
         await asyncio.sleep(0.05)
     for r in pool.replicas:
         r.alive = False
-        await r.close_channel()
     await asyncio.gather(*(asyncio.to_thread(r.server.stop) for r in pool.replicas))

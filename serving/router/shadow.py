@@ -56,8 +56,6 @@ class ShadowLedger:
         self.in_flight = 0
         self.stats = AgreementStats()
         self.counts = dict.fromkeys(OUTCOMES, 0)
-        self.worker: dict[str, int | None] = {"pid": None, "restarts": 0}
-        """The shadow worker process (set by the stack)."""
         self._dataplane_dropped = 0
 
     def count(self, shadow: str, outcome: str, n: int = 1) -> None:

@@ -149,12 +149,18 @@ class ShadowWorker:
                         "--batch-rows", str(settings.batch_rows),
                         "--batch-wait", str(settings.batch_wait_seconds)]
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
         self._writer: asyncio.StreamWriter | None = None
+
+    def status(self) -> dict[str, int | None]:
+        return {"pid": self.pid, "restarts": self.restarts}
 
     async def start(self, timeout: float = 30.0) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         self._writer = None
+        if self.process is not None:
+            self.restarts += 1
         # It moves itself to the idle CPU class once it listens (see serve()).
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
                                         preexec_fn=_child_setup(0))

@@ -102,7 +102,7 @@ class LocalStack:
             servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
             self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry, rs.shadow)
             await self.shadow_worker.start()
-            self.core.shadow.worker["pid"] = self.shadow_worker.pid
+            self.core.shadow_worker_status = self.shadow_worker.status
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
             config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
@@ -234,14 +234,12 @@ class LocalStack:
         assert self.shadow_worker is not None
         worker = self.shadow_worker
         code = worker.process.returncode if worker.process else None
-        self.core.shadow.worker["restarts"] = (self.core.shadow.worker["restarts"] or 0) + 1
         print(f"the shadow worker exited with code {code}; restarting it", flush=True)
         try:
             await worker.start()
         except ServingError as e:  # tried again on the next tick
             print(f"the shadow worker failed to restart: {e.message}", flush=True)
             return
-        self.core.shadow.worker["pid"] = worker.pid
         await self._publish(force=True)
 
     async def _probe(self, replica: Replica) -> None:
@@ -267,7 +265,6 @@ class LocalStack:
             flush=True,
         )
         try:
-            await replica.close_channel()
             await asyncio.to_thread(replica.server.stop)
             if pool.stopped:
                 return  # retired meanwhile (reconcile or shutdown): nothing to bring back
