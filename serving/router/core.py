@@ -111,7 +111,7 @@ class RouterCore:
                     "replicas": [
                         {
                             "name": r.name,
-                            "alive": r.alive,
+                            "alive": r.serving,
                             "pid": r.pid,
                             "restarts": r.restarts,
                             "url": r.rest_url,

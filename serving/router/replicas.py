@@ -40,6 +40,14 @@ class Replica:
     def pid(self) -> int | None:
         return self.server.process.pid if self.server.process else None
 
+    @property
+    def serving(self) -> bool:
+        """Ready when last checked and its process still runs. Status and the routing table use
+        this, so a replica killed a moment ago is not reported live until the supervisor's next
+        tick notices."""
+        process = self.server.process
+        return self.alive and process is not None and process.poll() is None
+
 
 @dataclass
 class PredictorPool:
@@ -60,7 +68,7 @@ class PredictorPool:
         return self.predictor.version
 
     def live(self) -> list[Replica]:
-        return [r for r in self.replicas if r.alive]
+        return [r for r in self.replicas if r.serving]
 
 
 def same_deployment(a: Predictor, b: Predictor) -> bool:

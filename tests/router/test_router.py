@@ -220,11 +220,11 @@ def test_oversized_body_gets_413(stack: Stack) -> None:
 def test_malformed_requests_are_answered_like_mlserver(stack: Stack) -> None:
     resp = httpx.post(stack.infer_url, content=b"{not json",
                       headers={"content-type": "application/json"})
-    assert resp.status_code == 422
+    assert resp.status_code == 422, resp.text
     bad_shape = {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 3],
                              "data": [1.0, 2.0, 3.0]}]}
     resp = httpx.post(stack.infer_url, json=bad_shape)
-    assert resp.status_code == 400 and "shape" in resp.json()["error"]
+    assert resp.status_code == 400 and "shape" in resp.json()["error"], (resp.headers, resp.text)
 
 
 def test_percent_encoded_paths_are_forwarded_as_sent(stack: Stack) -> None:
