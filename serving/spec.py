@@ -119,13 +119,14 @@ class Model(_Values):
 
 
 class Shadowing(_Values):
-    max_in_flight: Annotated[int, Field(ge=1)] = 256
+    max_in_flight: Annotated[int, Field(ge=1)] = 2048
     """Mirrored requests in flight at once (waiting in a batch or being answered); more are
     dropped and counted, never queued."""
-    batch_rows: Annotated[int, Field(ge=1)] = 64
+    batch_rows: Annotated[int, Field(ge=1)] = 1024
     """Alike mirrored requests are sent to the shadow as one batch of up to this many rows..."""
-    batch_wait_seconds: Annotated[float, Field(ge=0, le=1)] = 0.05
-    """...collected for at most this long (0 = no batching)."""
+    batch_wait_seconds: Annotated[float, Field(ge=0, le=1)] = 0.5
+    """...collected for at most this long (0 = no batching). Few large batches disturb callers
+    less than many small ones; comparisons arrive this much later."""
     timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
     """A mirrored request slower than this is abandoned and counted as failed."""
     rtol: Annotated[float, Field(ge=0)] = 1e-6

@@ -144,9 +144,9 @@ class Mirror:
     max_in_flight: int
     timeout: float
     rtol: float
-    batch_rows: int = 64
+    batch_rows: int = 1024
     """A batch is sent once it has this many rows..."""
-    batch_wait: float = 0.05
+    batch_wait: float = 0.5
     """...or at the next read, every this many seconds (HandoffReceiver.read_every)."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
