@@ -1,6 +1,7 @@
 """What the router costs: direct MLServer vs through the router, and with 100% shadow mirroring.
 
     python -m serving.bench.router_bench --models models [--duration 8] [--repeat 1] [--out F]
+        [--concurrency 1,16] [--shadow-batch-wait 0.5] [--shadow-batch-rows 1024]
 
 Starts the local stack (`serving up`, tuned MLServer settings) with a stable predictor (v1, one
 replica) and a shadow (v3) mirroring 0%, then measures single-row requests at 1 and 16
@@ -38,13 +39,14 @@ from .mlserver_bench import log, machine_cpu_s, session_cpu_s
 MODES = ("direct", "router", "shadow")
 
 
-def start_stack(models: Path, workdir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_stack(models: Path, workdir: Path, shadow: dict[str, Any] | None = None
+                ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     values = {
         "deployment": {"name": "breast-cancer", "namespace": "models"},
         "model": {"name": MODEL_NAME, "localRepository": str(models.resolve())},
         "predictors": [{"name": "stable", "version": "v1", "traffic": 100, "replicas": 1},
                        {"name": "shadow", "version": "v3", "shadow": True, "traffic": 0}],
-        "router": {"port": 0, "grpcPort": 0},
+        "router": {"port": 0, "grpcPort": 0, "shadow": shadow or {}},
     }
     (workdir / "values.yaml").write_text(yaml.safe_dump(values))
     # its own session, so its CPU can be read apart from the driver's
@@ -66,12 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--out", type=Path)
+    # to compare shadow batching settings (router.shadow.*); the spec's defaults otherwise
+    parser.add_argument("--shadow-batch-wait", type=float, metavar="SECONDS")
+    parser.add_argument("--shadow-batch-rows", type=int, metavar="ROWS")
     args = parser.parse_args(argv)
+    shadow = {key: value for key, value in (("batchWaitSeconds", args.shadow_batch_wait),
+                                            ("batchRows", args.shadow_batch_rows))
+              if value is not None}
     levels = [int(c) for c in args.concurrency.split(",")]
     rows = sample_rows(1000, seed=5)
     results: dict[tuple[str, str, int], list[LoadResult]] = {}
     with tempfile.TemporaryDirectory(prefix="router-bench-") as tmp:
-        process, state = start_stack(args.models, Path(tmp))
+        process, state = start_stack(args.models, Path(tmp), shadow)
         try:
             status = httpx.get(state["restUrl"] + "/admin/status").json()
             replica = next(p for p in status["predictors"] if p["name"] == "stable")[
@@ -108,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                                  for r in results[(mode, protocol, c)])
 
     lines = [f"router benchmark: {os.cpu_count()} cores, {args.duration:g}s per run, "
-             f"median of {args.repeat}; single-row requests, closed loop",
+             f"median of {args.repeat}; single-row requests, closed loop; shadow batches "
+             f"{shadow or 'as the spec defaults'}",
              "",
              f"{'mode':<7} {'proto':<5} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
              f"{'errors':>6} {'router us/req':>13} {'mlserver us/req':>15}"]
