@@ -73,7 +73,8 @@ def _die_with_parent() -> None:
         pass
 
 
-def _child_setup(niceness: int) -> Callable[[], None]:
+def child_setup(niceness: int) -> Callable[[], None]:
+    """A preexec_fn for helper processes: die with this process, at the given CPU niceness."""
     def setup() -> None:
         _die_with_parent()
         if niceness >= 19:
@@ -178,7 +179,7 @@ class MLServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_child_setup(s.niceness),
+            preexec_fn=child_setup(s.niceness),
         )
         return self
 

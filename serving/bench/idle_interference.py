@@ -12,19 +12,18 @@ client). On a machine where the idle class is truly free, all three have the sam
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from ..dataset import sample_rows
-from ..router.stack import start_background, stop_background
+from ..router.stack import stop_background
+from ..server import child_setup
 from ..training import MODEL_NAME
 from .driver import Target, run_load
+from .router_bench import start_stack
 
 BURNERS = {
     "alone": None,
@@ -32,10 +31,6 @@ BURNERS = {
     "idle burner, 10%": ("import time\nwhile True:\n t = time.perf_counter()\n"
                          " while time.perf_counter() - t < 0.002: pass\n time.sleep(0.018)"),
 }
-
-
-def _idle_class() -> None:
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,21 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p99: dict[str, list[float]] = {name: [] for name in BURNERS}
     p50: dict[str, list[float]] = {name: [] for name in BURNERS}
     with tempfile.TemporaryDirectory(prefix="idle-bench-") as tmp:
-        values = {
-            "deployment": {"name": "breast-cancer", "namespace": "models"},
-            "model": {"name": MODEL_NAME, "localRepository": str(args.models.resolve())},
-            "predictors": [{"name": "stable", "version": "v1", "traffic": 100}],
-            "router": {"port": 0, "grpcPort": 0},
-        }
-        (Path(tmp) / "values.yaml").write_text(yaml.safe_dump(values))
-        process, state = start_background(Path(tmp) / "values.yaml", Path(tmp) / "state",
-                                          Path(tmp) / "stack.log", new_session=True)
+        process, state = start_stack(args.models, Path(tmp), with_shadow=False)
         try:
             target = Target.rest(state["seldonUrl"], MODEL_NAME)
             for _ in range(args.repeat):
                 for name, code in BURNERS.items():
                     burner = None if code is None else subprocess.Popen(
-                        [sys.executable, "-c", code], preexec_fn=_idle_class)
+                        [sys.executable, "-c", code], preexec_fn=child_setup(niceness=19))
                     try:
                         r = run_load(target, 1, args.duration, 0.5, rows)
                     finally:

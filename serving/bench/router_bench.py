@@ -39,13 +39,17 @@ from .mlserver_bench import log, machine_cpu_s, session_cpu_s
 MODES = ("direct", "router", "shadow")
 
 
-def start_stack(models: Path, workdir: Path, shadow: dict[str, Any] | None = None
-                ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def start_stack(models: Path, workdir: Path, shadow: dict[str, Any] | None = None,
+                with_shadow: bool = True) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """The stack measured: a stable predictor (v1, one replica) and, `with_shadow`, a shadow
+    (v3) mirroring 0% (`shadow`: router.shadow settings)."""
+    predictors = [{"name": "stable", "version": "v1", "traffic": 100, "replicas": 1}]
+    if with_shadow:
+        predictors.append({"name": "shadow", "version": "v3", "shadow": True, "traffic": 0})
     values = {
         "deployment": {"name": "breast-cancer", "namespace": "models"},
         "model": {"name": MODEL_NAME, "localRepository": str(models.resolve())},
-        "predictors": [{"name": "stable", "version": "v1", "traffic": 100, "replicas": 1},
-                       {"name": "shadow", "version": "v3", "shadow": True, "traffic": 0}],
+        "predictors": predictors,
         "router": {"port": 0, "grpcPort": 0, "shadow": shadow or {}},
     }
     (workdir / "values.yaml").write_text(yaml.safe_dump(values))

@@ -8,6 +8,7 @@ differ a little, so they are not what "agreement" means.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,18 +42,20 @@ def outputs_from_rest(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
             for o in orjson.loads(body)["outputs"]}
 
 
+def grpc_values(tensor: Any, raw_contents: Sequence[bytes], index: int) -> Any:
+    """A gRPC tensor's flat values: from the message's raw contents when it has them (as
+    MLServer sends them), else from the tensor's typed contents field. KeyError: a datatype
+    without numbers."""
+    if raw_contents:
+        return np.frombuffer(raw_contents[index], dtype=NUMPY_TYPES[tensor.datatype])
+    return getattr(tensor.contents, PB_CONTENTS[tensor.datatype])
+
+
 def outputs_from_grpc(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
     message = pb.ModelInferResponse.FromString(body)
-    decoded = {}
-    for i, o in enumerate(message.outputs):
-        shape = list(o.shape)
-        if message.raw_output_contents:
-            values = np.frombuffer(message.raw_output_contents[i],
-                                   dtype=NUMPY_TYPES[o.datatype])
-        else:
-            values = getattr(o.contents, PB_CONTENTS[o.datatype])
-        decoded[o.name] = (o.datatype, _array(values, o.datatype, shape))
-    return decoded
+    return {o.name: (o.datatype, _array(grpc_values(o, message.raw_output_contents, i),
+                                        o.datatype, list(o.shape)))
+            for i, o in enumerate(message.outputs)}
 
 
 @dataclass
@@ -116,11 +119,6 @@ class AgreementStats:
     @property
     def rate(self) -> float | None:
         return self.rows_agreed / self.rows_compared if self.rows_compared else None
-
-    def add(self, result: Comparison, primary_predictor: str) -> None:
-        self.add_counts(1, result.rows, result.agreed)
-        if result.agreed < result.rows:
-            self.example(primary_predictor, result.detail)
 
     def add_counts(self, requests: int, rows: int, agreed: int) -> None:
         self.requests_compared += requests

@@ -64,16 +64,7 @@ class RouterCore:
             "weights": weights,
             "totalWeight": sum(w for _, w in weights),
             "mirrorPercent": state.routes.mirror_percent,
-            "predictors": {
-                name: {
-                    "version": pool.version,
-                    "pool": str(pool.uid),
-                    "replicas": len(pool.replicas),
-                    "rest": [r.rest_url.removeprefix("http://") for r in pool.live()],
-                    "grpc": [r.server.grpc_target for r in pool.live()],
-                }
-                for name, pool in state.pools.items()
-            },
+            "predictors": {name: routing_entry(pool) for name, pool in state.pools.items()},
         }
         if state.routes.shadow:  # absent rather than null: JSON null is truthy in Lua
             table["shadow"] = state.routes.shadow
@@ -162,6 +153,18 @@ SERVER_ERROR_GRPC_CODES = {
     "DATA_LOSS",
     "RESOURCE_EXHAUSTED",
 }
+
+
+def routing_entry(pool: PredictorPool) -> dict[str, object]:
+    """One predictor in the routing table: its version, pool id and live replicas' addresses."""
+    live = pool.live()
+    return {
+        "version": pool.version,
+        "pool": str(pool.uid),
+        "replicas": len(pool.replicas),
+        "rest": [r.rest_url.removeprefix("http://") for r in live],
+        "grpc": [r.server.grpc_target for r in live],
+    }
 
 
 def is_server_error(code: str) -> bool:

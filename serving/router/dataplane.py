@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 
 from ..errors import ServingError
-from ..server import _child_setup
+from ..server import child_setup
 from ..spec import Spec
 
 LUA_DIR = Path(__file__).parent / "lua"
@@ -47,7 +47,8 @@ def nginx_executable() -> str:
 
 @dataclass(frozen=True)
 class Sockets:
-    """Unix sockets between nginx and the control process, all under the stack's state dir."""
+    """Unix sockets between nginx, the control process and the shadow worker, in one short
+    temporary folder (socket paths are limited to 108 bytes, state dirs may be longer)."""
 
     folder: Path
 
@@ -64,7 +65,7 @@ class Sockets:
         return self.folder / "telemetry.sock"
 
     @property
-    def shadow(self) -> Path:  # control process: mirrored request/answer pairs from nginx
+    def shadow(self) -> Path:  # shadow worker: mirrored request/answer pairs from nginx
         return self.folder / "shadow.sock"
 
 
@@ -91,6 +92,23 @@ def forwarding(module: str, kind: str, timeout: str) -> str:
               f'require("router").upstream_error("{kind}", {code}) }} }}'
               for code in (502, 504, 413)]
     return "\n".join(lines) + "\n"
+
+
+def replicas_upstream(name: str) -> str:
+    return f"""  upstream {name} {{
+    server 0.0.0.1;              # placeholder: router.lua's balance() picks the replica
+    balancer_by_lua_block {{ require("router").balance() }}
+    keepalive 64;
+    keepalive_requests 1000000;
+    keepalive_timeout 4s;        # below MLServer's 5 s, so nginx never reuses a closing one
+  }}
+"""
+
+
+def to_control(location: str) -> str:
+    """A location of the REST port served by the control process (admin API, metrics)."""
+    return (f"    location {location} {{ proxy_pass http://control; proxy_http_version 1.1; "
+            'proxy_set_header Connection ""; }\n')
 
 
 def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sockets: Sockets,
@@ -140,21 +158,7 @@ http {{
   init_by_lua_block {{ require("router").init(require("cjson").decode([[{json.dumps(lua_conf)}]])) }}
   init_worker_by_lua_block {{ require("router").init_worker() }}
 
-  upstream rest_replicas {{
-    server 0.0.0.1;              # placeholder: router.lua's balance() picks the replica
-    balancer_by_lua_block {{ require("router").balance() }}
-    keepalive 64;
-    keepalive_requests 1000000;
-    keepalive_timeout 4s;        # below MLServer's 5 s, so nginx never reuses a closing one
-  }}
-  upstream grpc_replicas {{
-    server 0.0.0.1;
-    balancer_by_lua_block {{ require("router").balance() }}
-    keepalive 64;
-    keepalive_requests 1000000;
-    keepalive_timeout 4s;        # below MLServer's 5 s, so nginx never reuses a closing one
-  }}
-  upstream control {{ server unix:{sockets.control}; keepalive 4; }}
+{replicas_upstream("rest_replicas")}{replicas_upstream("grpc_replicas")}  upstream control {{ server unix:{sockets.control}; keepalive 4; }}
   # What is forwarded: the path after the prefix, still percent-encoded as the caller sent it
   # (nginx's $uri is decoded; forwarding it would let %0D%0A or %20 reshape the request).
   map $request_uri $tail {{
@@ -176,10 +180,7 @@ http {{
 {forwarding("proxy", "rest", timeout)}    location /seldon/ {{
       return 404 '{{"error": "no SeldonDeployment at this path; this router serves /seldon/{d.namespace}/{d.name}/"}}\\n';
     }}
-    location /admin/ {{ proxy_pass http://control; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-    location = /metrics {{ proxy_pass http://control; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-    location = /healthz {{ proxy_pass http://control; proxy_http_version 1.1; proxy_set_header Connection ""; }}
-    location / {{
+{to_control("/admin/")}{to_control("= /metrics")}{to_control("= /healthz")}    location / {{
       return 404 '{{"error": "not found; inference is under /seldon/{d.namespace}/{d.name}/v2/"}}\\n';
     }}
   }}
@@ -242,7 +243,7 @@ class Nginx:
         with contextlib.suppress(FileNotFoundError):
             self.sockets.table.unlink()  # left by an nginx that was killed
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_child_setup(0), process_group=0)
+                                        preexec_fn=child_setup(0), process_group=0)
         deadline = time.monotonic() + timeout
         while not self.sockets.table.exists():
             if self.process.poll() is not None:

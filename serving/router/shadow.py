@@ -135,6 +135,15 @@ class Pending:
 
 
 @dataclass
+class Batch:
+    """Alike mirrored requests waiting to go to the shadow as one inference."""
+
+    pool: ShadowPool
+    pending: list[Pending] = field(default_factory=list)
+    rows: int = 0
+
+
+@dataclass
 class Mirror:
     """Sends mirrored requests to the shadow, batched when they can be (shadow_batch.py), and
     compares each answer with the primary's."""
@@ -144,14 +153,13 @@ class Mirror:
     max_in_flight: int
     timeout: float
     rtol: float
-    batch_rows: int = 1024
+    batch_rows: int
     """A batch is sent once it has this many rows..."""
-    batch_wait: float = 0.5
+    batch_wait: float
     """...or at the next read, every this many seconds (HandoffReceiver.read_every)."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
-    _batches: dict[tuple[str, BatchKey], tuple[ShadowPool, list[Pending]]] = field(
-        default_factory=dict)
+    _batches: dict[tuple[str, BatchKey], Batch] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _turn: int = 0
 
@@ -175,25 +183,20 @@ class Mirror:
             self._keep(self._run(pool, kind, path, request, [primary], [answer], None))
             return
         batch_id = (pool.name, inputs.key)
-        if batch_id not in self._batches:
-            self._batches[batch_id] = (pool, [])
-        batch = self._batches[batch_id][1]
-        batch.append(Pending(inputs, primary, answer))
-        if sum(p.inputs.rows for p in batch) >= self.batch_rows:
+        batch = self._batches.setdefault(batch_id, Batch(pool))
+        batch.pending.append(Pending(inputs, primary, answer))
+        batch.rows += inputs.rows
+        if batch.rows >= self.batch_rows:
             self._flush(batch_id)
 
     def flush_all(self) -> None:
         for batch_id in list(self._batches):
-            try:
-                self._flush(batch_id)
-            except Exception as e:  # a batch that cannot be built is lost, not the worker
-                logger.warning("could not send a batch to the shadow: %s", e)
+            self._flush(batch_id)
 
     def _flush(self, batch_id: tuple[str, BatchKey]) -> None:
-        pool, batch = self._batches.pop(batch_id, (None, []))
-        if pool is None or not batch:
-            return
-        self._keep(self._send_batch(pool, batch))
+        # built and sent in its own task: a batch that cannot be built is lost, not the worker
+        batch = self._batches.pop(batch_id)
+        self._keep(self._send_batch(batch.pool, batch.pending))
 
     async def _send_batch(self, pool: ShadowPool, batch: list[Pending]) -> None:
         try:

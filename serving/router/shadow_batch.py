@@ -21,7 +21,7 @@ import orjson
 from mlserver.grpc import dataplane_pb2 as pb
 
 from .. import datatypes
-from .compare import NUMPY_TYPES, PB_CONTENTS, _array
+from .compare import NUMPY_TYPES, _array, grpc_values
 
 Tensors = list[tuple[str, str, np.ndarray]]  # (name, datatype, array with rows first)
 Decoded = dict[str, tuple[str, np.ndarray]]  # an answer's outputs by name: (datatype, array)
@@ -80,16 +80,10 @@ def grpc_inputs(method: str, message: bytes) -> Inputs | None:
     for i, t in enumerate(request.inputs):
         if t.datatype not in NUMPY_TYPES:
             return None
-        if request.raw_input_contents:
-            values: Any = np.frombuffer(request.raw_input_contents[i],
-                                        dtype=NUMPY_TYPES[t.datatype])
-        else:
-            values = getattr(t.contents, PB_CONTENTS.get(t.datatype, ""), None)
-            if values is None:
-                return None
         try:
+            values = grpc_values(t, request.raw_input_contents, i)
             tensors.append((t.name, t.datatype, _array(values, t.datatype, list(t.shape))))
-        except ValueError:
+        except (KeyError, ValueError):
             return None
     rows = _rows(tensors)
     if rows is None:

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import ServingError
-from ..server import _child_setup
+from ..server import child_setup
 from ..spec import Shadowing
 from .compare import Comparison
 from .shadow import HandoffConnection, HandoffReceiver, Mirror
@@ -121,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--socket", type=Path, required=True)
     parser.add_argument("--telemetry", type=Path, required=True)
-    parser.add_argument("--max-in-flight", type=int, default=64)
-    parser.add_argument("--timeout", type=float, default=2.0)
-    parser.add_argument("--rtol", type=float, default=1e-6)
-    parser.add_argument("--batch-rows", type=int, default=64)
-    parser.add_argument("--batch-wait", type=float, default=0.05)
+    parser.add_argument("--max-in-flight", type=int, required=True)
+    parser.add_argument("--timeout", type=float, required=True)
+    parser.add_argument("--rtol", type=float, required=True)
+    parser.add_argument("--batch-rows", type=int, required=True)
+    parser.add_argument("--batch-wait", type=float, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
     try:
@@ -163,7 +163,7 @@ class ShadowWorker:
             self.restarts += 1
         # It moves itself to the idle CPU class once it listens (see serve()).
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
-                                        preexec_fn=_child_setup(0))
+                                        preexec_fn=child_setup(0))
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.process.poll() is not None:

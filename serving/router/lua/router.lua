@@ -37,12 +37,27 @@ function _M.init(settings)
   conf = settings
 end
 
+-- "host:port" of every replica in a table, split once per table for balance().
+local function endpoints_of(t)
+  local endpoints = {}
+  for _, p in pairs(t.predictors) do
+    for _, kind in ipairs({ "rest", "grpc" }) do
+      for _, addr in ipairs(p[kind]) do
+        local host, port = addr:match("^(.+):(%d+)$")
+        endpoints[addr] = { host, tonumber(port) }
+      end
+    end
+  end
+  return endpoints
+end
+
 -- The routing table, decoded once per change (per worker).
 local function current()
   local gen = shared:get("generation")
   if gen ~= cached_gen then
     local decoded = cjson.decode(shared:get("table") or "null")
     if decoded then
+      decoded.endpoints = endpoints_of(decoded)
       cached, cached_gen = decoded, decoded.generation
     end
   end
@@ -125,8 +140,8 @@ function _M.access(kind, sticky_key)
   local var = ngx.var
   -- Kept in nginx variables, not ngx.ctx: they must survive error_page's internal redirect.
   var.started = now()
-  var.service = service_of(kind, var.uri)
-  local service = var.service
+  local service = service_of(kind, var.uri)
+  var.service = service
   local t = current()
   if not t then
     return reject(kind, 503, "the router has no routing table yet; retry shortly")
@@ -147,21 +162,22 @@ function _M.access(kind, sticky_key)
   end
   local p = t.predictors[name]
   local peers = live(p, kind)
+  local fallback_from
   if #peers == 0 and not pin and t.fallback and name ~= t.stable then
     local stable = t.predictors[t.stable]
     local stable_peers = live(stable, kind)
     if #stable_peers > 0 then
-      ctx.fallback_from = name
+      fallback_from = name
       name, p, peers = t.stable, stable, stable_peers
     end
   end
   var.predictor, var.predictor_version = name, p.version
-  if ctx.fallback_from then var.fallback_from = ctx.fallback_from end
+  if fallback_from then var.fallback_from = fallback_from end
   if #peers == 0 then
     return reject(kind, 503, "predictor '" .. name .. "' has no live replica (" ..
       p.replicas .. " down); it is being restarted, retry shortly")
   end
-  ctx.peers = peers
+  ctx.peers, ctx.endpoints = peers, t.endpoints
   -- per pool (not per name: a replaced predictor keeps its name), read before a pool is stopped
   var.counted = p.pool
   shared:incr("in_flight:" .. p.pool, 1, 0)
@@ -200,8 +216,8 @@ function _M.balance()
   end
   local addr = peers[(ctx.first + ctx.tries) % #peers + 1]
   ctx.tries = ctx.tries + 1
-  local host, port = addr:match("^(.+):(%d+)$")
-  local ok, err = balancer.set_current_peer(host, tonumber(port))
+  local endpoint = ctx.endpoints[addr]
+  local ok, err = balancer.set_current_peer(endpoint[1], endpoint[2])
   if not ok then ngx.log(ngx.ERR, "set_current_peer ", addr, ": ", err) end
 end
 
@@ -286,7 +302,7 @@ function _M.log(kind)
       return
     end
     local request = ctx.request_body or ""
-    local response = table.concat(ctx.parts or {})
+    local response = table.concat(ctx.parts)
     local path = kind == "grpc" and var.uri or var.tail
     local head = table.concat({ kind, ctx.mirror, name, path, code, #request, #response },
       " ") .. "\n"
