@@ -25,7 +25,6 @@ class ControlApi:
     async def metrics(self, request: web.Request) -> web.Response:
         core = self.core
         shadow = core.state.routes.shadow
-        core.shadow.sync_dataplane(shadow, core.dataplane_counters())
         rate = core.shadow.stats.rate
         if shadow and rate is not None:
             core.metrics.shadow_agreement.labels(core.deployment, shadow).set(rate)

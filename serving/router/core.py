@@ -46,8 +46,6 @@ class RouterCore:
         self.shadow = ShadowLedger(self.metrics)
         self.state = RouterState(tuple(spec.predictors), pools, Routes.from_spec(spec))
         self.started = time.time()
-        # what nginx counted itself (mirrored pairs it could not hand over); set by the stack
-        self.dataplane_counters: Callable[[], dict[str, int]] = dict
         # the shadow worker process: pid, restarts; set by the stack
         self.shadow_worker_status: Callable[[], dict[str, int | None]] = dict
         self._publish_traffic()
@@ -88,7 +86,6 @@ class RouterCore:
     # -- reading --------------------------------------------------------------------------------
     def status(self) -> dict[str, object]:
         state = self.state
-        self.shadow.sync_dataplane(state.routes.shadow, self.dataplane_counters())
         weights = state.routes.weights
         predictors = []
         for p in state.predictors:

@@ -56,7 +56,6 @@ class ShadowLedger:
         self.in_flight = 0
         self.stats = AgreementStats()
         self.counts = dict.fromkeys(OUTCOMES, 0)
-        self._dataplane_dropped = 0
 
     def count(self, shadow: str, outcome: str, n: int = 1) -> None:
         if outcome in self.counts:
@@ -68,14 +67,6 @@ class ShadowLedger:
         d = self.metrics.deployment
         self.metrics.shadow_rows.labels(d, shadow, "agreed").inc(agreed)
         self.metrics.shadow_rows.labels(d, shadow, "disagreed").inc(rows - agreed)
-
-    def sync_dataplane(self, shadow: str | None, dataplane: dict[str, int]) -> None:
-        """Fold nginx's own drop count (hand-overs it could not make) into ours."""
-        total = dataplane.get("handoffDropped", 0)
-        new = total - self._dataplane_dropped
-        if new > 0 and shadow:
-            self._dataplane_dropped = total
-            self.count(shadow, "dropped", new)
 
 
 # -- in the shadow worker --------------------------------------------------------------------------

@@ -109,7 +109,6 @@ class LocalStack:
                                    self.log_dir.resolve() / "nginx-error.log")
             self.nginx = Nginx(config, run_dir, sockets)
             await asyncio.to_thread(self.nginx.start)
-            self.core.dataplane_counters = self.nginx.counters
             await self._publish()
 
             # Objects made at start-up live as long as the router: keep them out of the cyclic

@@ -27,6 +27,7 @@ local conf = {}            -- set once by init(): socket paths and limits from t
 local cached, cached_gen = nil, -1
 local turn = 0             -- round-robin over replicas
 local log_lines, log_dropped = {}, 0
+local handoffs_dropped = {}  -- shadow name -> mirrored pairs not handed over, sent by flush()
 
 local GRPC_UNAVAILABLE, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED = 14, 5, 8
 local GRPC_DEADLINE_EXCEEDED = 4
@@ -260,7 +261,12 @@ local function grpc_code()
     v.sent_http_grpc_status or "-"
 end
 
-local function hand_to_shadow(premature, frame)
+-- A mirrored pair that never reached the shadow worker: counted like the worker's own drops.
+local function handoff_dropped(shadow)
+  handoffs_dropped[shadow] = (handoffs_dropped[shadow] or 0) + 1
+end
+
+local function hand_to_shadow(premature, frame, shadow)
   if premature then return end
   local sock = ngx.socket.tcp()
   sock:settimeout(conf.handoffTimeoutMs)
@@ -270,7 +276,7 @@ local function hand_to_shadow(premature, frame)
     sock:setkeepalive(60000, 64)
   else
     sock:close()
-    shared:incr("handoff_dropped", 1, 0)
+    handoff_dropped(shadow)
   end
   shared:incr("handoff_in_flight", -1, 0)
 end
@@ -298,7 +304,7 @@ function _M.log(kind)
     local in_flight = shared:incr("handoff_in_flight", 1, 0)
     if in_flight > conf.maxHandoffs then
       shared:incr("handoff_in_flight", -1, 0)
-      shared:incr("handoff_dropped", 1, 0)
+      handoff_dropped(ctx.mirror)
       return
     end
     local request = ctx.request_body or ""
@@ -306,23 +312,27 @@ function _M.log(kind)
     local path = kind == "grpc" and var.uri or var.tail
     local head = table.concat({ kind, ctx.mirror, name, path, code, #request, #response },
       " ") .. "\n"
-    local ok = ngx.timer.at(0, hand_to_shadow, { head, request, response })
+    local ok = ngx.timer.at(0, hand_to_shadow, { head, request, response }, ctx.mirror)
     if not ok then
       shared:incr("handoff_in_flight", -1, 0)
-      shared:incr("handoff_dropped", 1, 0)
+      handoff_dropped(ctx.mirror)
     end
   end
 end
 
 -- Every 100 ms, each worker sends its metrics lines to the control process in one write.
 local function flush(premature)
-  if #log_lines == 0 and log_dropped == 0 then return end
+  if #log_lines == 0 and log_dropped == 0 and next(handoffs_dropped) == nil then return end
   local batch = log_lines
   log_lines = {}
   if log_dropped > 0 then
     batch[#batch + 1] = "#dropped " .. log_dropped
     log_dropped = 0
   end
+  for shadow, n in pairs(handoffs_dropped) do
+    batch[#batch + 1] = "#shadow " .. shadow .. " dropped " .. n
+  end
+  handoffs_dropped = {}
   local sock = ngx.socket.tcp()
   sock:settimeout(1000)
   local ok, err = sock:connect(conf.telemetrySocket)
@@ -366,11 +376,10 @@ function _M.put_table()
   ngx.say("ok")
 end
 
--- GET /counters on the control socket: what the data plane itself dropped.
+-- GET /counters on the control socket: hand-overs and (?in_flight=<pool>) requests in flight.
 function _M.counters()
   ngx.header["content-type"] = "application/json"
-  local counters = { handoffDropped = shared:get("handoff_dropped") or 0,
-                     handoffInFlight = shared:get("handoff_in_flight") or 0 }
+  local counters = { handoffInFlight = shared:get("handoff_in_flight") or 0 }
   local name = ngx.var.arg_in_flight
   if name then counters.inFlight = shared:get("in_flight:" .. name) or 0 end
   ngx.say(cjson.encode(counters))
