@@ -119,7 +119,9 @@ def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sock
         "telemetrySocket": f"unix:{sockets.telemetry}",
         "shadowSocket": f"unix:{sockets.shadow}",
         "maxHandoffs": rs.shadow.max_in_flight,
-        "handoffTimeoutMs": 200,
+        # mirrored pairs go to the shadow worker once per batch interval (router.lua hand_over)
+        "handoffInterval": max(rs.shadow.batch_wait_seconds, 0.001),
+        "handoffTimeoutMs": 1000,
         "upstreamTimeout": f"{rs.upstream_timeout_seconds:g}",
         "maxBodyBytes": rs.max_body_bytes,
     }

@@ -1,7 +1,8 @@
 """Mirroring to the shadow: fire-and-forget, bounded, timed out, and compared with the primary.
 
-The caller never waits for the shadow. nginx answers the caller first, then hands the request
-and the primary's answer over a unix socket (lua/router.lua) to the shadow worker, a process of
+The caller never waits for the shadow. nginx answers the caller first, keeps the request and
+the primary's answer, and hands what it kept over a unix socket once per batch interval
+(lua/router.lua, hand_over) to the shadow worker, a process of
 its own in the idle CPU class (shadow_worker.py), like the shadow's model servers: mirrored work
 only gets CPU time that callers' requests do not want. The worker sends the request to a shadow
 replica, compares the two answers, and reports back to the control process as metrics lines
@@ -9,7 +10,8 @@ replica, compares the two answers, and reports back to the control process as me
 
 Alike mirrored requests are batched into one inference (shadow_batch.py). When `max_in_flight`
 mirrored requests are already waiting or running, new ones are dropped and counted, never
-queued (nginx also drops, and counts, hand-overs the worker does not take fast enough).
+queued (nginx also drops, and counts, pairs beyond `max_in_flight` waiting for a hand-over,
+and hand-overs the worker does not take).
 """
 
 from __future__ import annotations
@@ -147,7 +149,7 @@ class Mirror:
     batch_rows: int
     """A batch is sent once it has this many rows..."""
     batch_wait: float
-    """...or at the next read, every this many seconds (HandoffReceiver.read_every)."""
+    """...or at the next flush, every this many seconds (HandoffReceiver.flush_every)."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
     _batches: dict[tuple[str, BatchKey], Batch] = field(default_factory=dict)
@@ -301,18 +303,14 @@ class HandoffReceiver:
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
         self.pool: ShadowPool | None = None
-        self.connections: set[HandoffConnection] = set()
 
-    async def read_every(self, seconds: float) -> None:
-        """Let the connections read every `seconds` only: the worker then wakes a few times per
-        second for a batch, not once per request (each wake-up costs CPU, and any CPU spent
-        next to the primary's requests shows in their tail latency)."""
+    async def flush_every(self, seconds: float) -> None:
+        """Send what waits in batches every `seconds`. nginx hands mirrored pairs over at the
+        same interval, in one write, so the worker wakes a few times per second, not once per
+        request (any CPU spent next to the primary's requests shows in their tail latency)."""
         while True:
             await asyncio.sleep(seconds)
-            for connection in list(self.connections):
-                connection.transport.resume_reading()
-            await asyncio.sleep(0.002)  # the reads happen on the next turns of the loop
-            self.mirror.flush_all()  # then one batch per kind of request
+            self.mirror.flush_all()
 
     def consume(self, buffer: bytearray) -> None:
         """Take every complete frame off the front of `buffer`."""
@@ -366,8 +364,7 @@ class HandoffReceiver:
 
 
 class HandoffConnection(asyncio.Protocol):
-    """One connection from nginx (or the control process): reads, then pauses until the
-    receiver's next `read_every` tick."""
+    """One connection from nginx (or the control process)."""
 
     def __init__(self, receiver: HandoffReceiver) -> None:
         self.receiver = receiver
@@ -376,7 +373,6 @@ class HandoffConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.receiver.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -385,9 +381,3 @@ class HandoffConnection(asyncio.Protocol):
         except (ValueError, IndexError) as e:
             logger.warning("bad mirrored pair, connection dropped: %s", e)
             self.transport.close()
-            return
-        if self.receiver.mirror.batch_wait > 0:
-            self.transport.pause_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.receiver.connections.discard(self)

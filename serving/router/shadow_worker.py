@@ -103,14 +103,14 @@ async def serve(args: argparse.Namespace) -> None:
         # Started at normal priority so that it starts fast on a busy machine; from here on,
         # the idle class (threads started later, gRPC's among them, inherit it).
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        reader = asyncio.create_task(receiver.read_every(max(args.batch_wait, 0.001)))
+        flusher = asyncio.create_task(receiver.flush_every(max(args.batch_wait, 0.001)))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         reporter = asyncio.create_task(report.run())
         await stop.wait()
         server.close()
-        reader.cancel()
+        flusher.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(mirror.drain(), 2)
         await asyncio.sleep(0.15)  # one last report

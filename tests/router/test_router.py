@@ -87,9 +87,10 @@ def test_shadow_gets_its_share_and_callers_never_see_its_answer(stack: Stack) ->
 
 
 def settled_shadow_counts(stack: Stack, timeout: float = 30) -> int:
-    """Mirrored requests counted so far (sent or dropped), once the count stops moving: the
-    shadow worker runs in the idle CPU class and reports every 100 ms, so on a busy machine its
-    counts lag the callers' requests."""
+    """Mirrored requests counted so far (sent or dropped), once the count stops moving: nginx
+    hands mirrored pairs over every batch interval (0.5 s), and the shadow worker runs in the idle
+    CPU class and reports every 100 ms, so on a busy machine its counts lag the callers'
+    requests. Sampled every second, so a hand-over always falls between two samples."""
     deadline = time.monotonic() + timeout
     last = -1
     while time.monotonic() < deadline:
@@ -98,7 +99,7 @@ def settled_shadow_counts(stack: Stack, timeout: float = 30) -> int:
         if count == last and shadow["inFlight"] == 0:
             return count
         last = count
-        time.sleep(0.5)
+        time.sleep(1.0)
     raise AssertionError(f"shadow counts still moving after {timeout}s")
 
 

@@ -28,6 +28,8 @@ local cached, cached_gen = nil, -1
 local turn = 0             -- round-robin over replicas
 local log_lines, log_dropped = {}, 0
 local handoffs_dropped = {}  -- shadow name -> mirrored pairs not handed over, sent by flush()
+-- Mirrored pairs waiting for the next hand-over (hand_over()): frames, and the shadow of each.
+local handoff_frames, handoff_shadows = {}, {}
 
 local GRPC_UNAVAILABLE, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED = 14, 5, 8
 local GRPC_DEADLINE_EXCEEDED = 4
@@ -262,23 +264,33 @@ local function grpc_code()
 end
 
 -- A mirrored pair that never reached the shadow worker: counted like the worker's own drops.
-local function handoff_dropped(shadow)
-  handoffs_dropped[shadow] = (handoffs_dropped[shadow] or 0) + 1
+local function handoff_dropped(shadow, n)
+  handoffs_dropped[shadow] = (handoffs_dropped[shadow] or 0) + (n or 1)
 end
 
-local function hand_to_shadow(premature, frame, shadow)
-  if premature then return end
+-- One write of `data` (a string or a table of strings) to a unix socket, the connection kept.
+local function send_to(socket, data, timeout_ms)
   local sock = ngx.socket.tcp()
-  sock:settimeout(conf.handoffTimeoutMs)
-  local ok = sock:connect(conf.shadowSocket)
-  if ok then ok = sock:send(frame) end
+  sock:settimeout(timeout_ms)
+  local ok, err = sock:connect(socket)
+  if ok then ok, err = sock:send(data) end
   if ok then
-    sock:setkeepalive(60000, 64)
+    sock:setkeepalive(60000, 1)
   else
     sock:close()
-    handoff_dropped(shadow)
   end
-  shared:incr("handoff_in_flight", -1, 0)
+  return ok, err
+end
+
+-- Every batch interval, the mirrored pairs collected since the last one go to the shadow
+-- worker in one write: one send per batch, not a timer and a send per mirrored request.
+local function hand_over(premature)
+  if #handoff_shadows == 0 then return end
+  local frames, shadows = handoff_frames, handoff_shadows
+  handoff_frames, handoff_shadows = {}, {}
+  if not send_to(conf.shadowSocket, frames, conf.handoffTimeoutMs) then
+    for _, shadow in ipairs(shadows) do handoff_dropped(shadow) end
+  end
 end
 
 -- log phase: one metrics line per request (sent in batches by flush()), and the mirrored pair.
@@ -301,22 +313,19 @@ function _M.log(kind)
     log_dropped = log_dropped + 1
   end
   if ctx.mirror and not ctx.error and ctx.parts then
-    local in_flight = shared:incr("handoff_in_flight", 1, 0)
-    if in_flight > conf.maxHandoffs then
-      shared:incr("handoff_in_flight", -1, 0)
+    if #handoff_shadows >= conf.maxHandoffs then
       handoff_dropped(ctx.mirror)
       return
     end
     local request = ctx.request_body or ""
     local response = table.concat(ctx.parts)
     local path = kind == "grpc" and var.uri or var.tail
-    local head = table.concat({ kind, ctx.mirror, name, path, code, #request, #response },
-      " ") .. "\n"
-    local ok = ngx.timer.at(0, hand_to_shadow, { head, request, response }, ctx.mirror)
-    if not ok then
-      shared:incr("handoff_in_flight", -1, 0)
-      handoff_dropped(ctx.mirror)
-    end
+    local frames = handoff_frames
+    frames[#frames + 1] = table.concat({ kind, ctx.mirror, name, path, code, #request,
+      #response }, " ") .. "\n"
+    frames[#frames + 1] = request
+    frames[#frames + 1] = response
+    handoff_shadows[#handoff_shadows + 1] = ctx.mirror
   end
 end
 
@@ -333,14 +342,8 @@ local function flush(premature)
     batch[#batch + 1] = "#shadow " .. shadow .. " dropped " .. n
   end
   handoffs_dropped = {}
-  local sock = ngx.socket.tcp()
-  sock:settimeout(1000)
-  local ok, err = sock:connect(conf.telemetrySocket)
-  if ok then ok, err = sock:send(table.concat(batch, "\n") .. "\n") end
-  if ok then
-    sock:setkeepalive(60000, 1)
-  else
-    sock:close()
+  local ok, err = send_to(conf.telemetrySocket, table.concat(batch, "\n") .. "\n", 1000)
+  if not ok then
     ngx.log(ngx.WARN, "metrics lines lost (control process unreachable): ", err)
   end
 end
@@ -348,6 +351,7 @@ end
 function _M.init_worker()
   math.randomseed(ngx.worker.pid() * 1000 + math.floor(ngx.now() * 1000) % 1000)
   ngx.timer.every(0.1, flush)
+  ngx.timer.every(conf.handoffInterval, hand_over)
 end
 
 -- gRPC calls without the deployment's metadata, or for another service.
@@ -376,10 +380,11 @@ function _M.put_table()
   ngx.say("ok")
 end
 
--- GET /counters on the control socket: hand-overs and (?in_flight=<pool>) requests in flight.
+-- GET /counters on the control socket: mirrored pairs waiting, and (?in_flight=<pool>) a
+-- pool's requests in flight.
 function _M.counters()
   ngx.header["content-type"] = "application/json"
-  local counters = { handoffInFlight = shared:get("handoff_in_flight") or 0 }
+  local counters = { handoffWaiting = #handoff_shadows }
   local name = ngx.var.arg_in_flight
   if name then counters.inFlight = shared:get("in_flight:" .. name) or 0 end
   ngx.say(cjson.encode(counters))
