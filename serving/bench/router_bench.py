@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
                             r = run_load(target, c, args.duration, args.warmup, rows,
                                          cpu_probes=probes)
                             results.setdefault((mode, protocol, c), []).append(r)
+            set_mirror(state, 0)
+            time.sleep(2)  # the last hand-over and the worker's last report
+            mirrored = httpx.get(state["restUrl"] + "/admin/status").json()["shadow"]
         finally:
             stop_background(process, timeout=60)
 
@@ -125,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
              "",
              f"{'mode':<7} {'proto':<5} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
              f"{'errors':>6} {'router us/req':>13} {'mlserver us/req':>15}"]
+    lines.insert(1, f"mirrored in all shadow runs: sent {mirrored['sent']}, dropped "
+                    f"{mirrored['dropped']}, failed {mirrored['failed']}, timed out "
+                    f"{mirrored['timeout']}")
     for protocol in ("rest", "grpc"):
         for c in levels:
             for mode in MODES:
