@@ -131,7 +131,7 @@ class Pending:
 class Batch:
     """Alike mirrored requests waiting to go to the shadow as one inference."""
 
-    pool: ShadowPool
+    shadow: str
     pending: list[Pending] = field(default_factory=list)
     rows: int = 0
 
@@ -152,6 +152,9 @@ class Mirror:
     """...or at the next flush, every this many seconds (HandoffReceiver.flush_every)."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
+    pool: ShadowPool | None = None
+    """The shadow as the latest routing table lists it: a batch goes to the replicas listed
+    when it is sent, not to those of its first request (they may have been stopped since)."""
     _batches: dict[tuple[str, BatchKey], Batch] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _turn: int = 0
@@ -171,12 +174,12 @@ class Mirror:
             except Exception as e:  # unreadable: mirrored alone, as it came
                 logger.debug("not batched: %s", e)
         self.in_flight += 1
-        self.report.count(pool.name, "sent")
         if inputs is None or answer is None:  # mirrored alone, as it came
+            self.report.count(pool.name, "sent")
             self._keep(self._run(pool, kind, path, request, [primary], [answer], None))
             return
         batch_id = (pool.name, inputs.key)
-        batch = self._batches.setdefault(batch_id, Batch(pool))
+        batch = self._batches.setdefault(batch_id, Batch(pool.name))
         batch.pending.append(Pending(inputs, primary, answer))
         batch.rows += inputs.rows
         if batch.rows >= self.batch_rows:
@@ -187,9 +190,16 @@ class Mirror:
             self._flush(batch_id)
 
     def _flush(self, batch_id: tuple[str, BatchKey]) -> None:
-        # built and sent in its own task: a batch that cannot be built is lost, not the worker
         batch = self._batches.pop(batch_id)
-        self._keep(self._send_batch(batch.pool, batch.pending))
+        pool = self.pool
+        if pool is None or pool.name != batch.shadow or not pool.replicas:
+            # the shadow left (or has no live replica) while the batch waited
+            self.in_flight -= len(batch.pending)
+            self.report.count(batch.shadow, "dropped", len(batch.pending))
+            return
+        self.report.count(pool.name, "sent", len(batch.pending))
+        # built and sent in its own task: a batch that cannot be built is lost, not the worker
+        self._keep(self._send_batch(pool, batch.pending))
 
     async def _send_batch(self, pool: ShadowPool, batch: list[Pending]) -> None:
         try:
@@ -302,7 +312,6 @@ class HandoffReceiver:
 
     def __init__(self, mirror: Mirror) -> None:
         self.mirror = mirror
-        self.pool: ShadowPool | None = None
 
     async def flush_every(self, seconds: float) -> None:
         """Send what waits in batches every `seconds`. nginx hands mirrored pairs over at the
@@ -333,7 +342,7 @@ class HandoffReceiver:
 
     def install(self, raw_table: bytes) -> None:
         new = ShadowPool.from_table(json.loads(raw_table))
-        old = self.pool
+        old = self.mirror.pool
         if old is not None and new is not None and (old.name, old.version) == (new.name,
                                                                                  new.version):
             # same shadow: keep the gRPC channels of replicas still listed
@@ -344,11 +353,11 @@ class HandoffReceiver:
             for replica in old.replicas:
                 if id(replica) not in kept:
                     self.mirror._keep(replica.close())
-        self.pool = new
+        self.mirror.pool = new
 
     def launch(self, kind: str, shadow: str, primary: str, path: str, code: str,
                request: bytes, response: bytes) -> None:
-        pool = self.pool
+        pool = self.mirror.pool
         if pool is None or pool.name != shadow:  # the shadow was replaced meanwhile
             return
         if kind == "grpc":

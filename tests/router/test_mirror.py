@@ -1,0 +1,64 @@
+"""The shadow worker's batching: a batch goes to the shadow the routing table lists when it is
+sent, and is dropped (and counted) when that shadow left while it waited."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from serving.router.shadow import Mirror, ShadowPool, ShadowReplica
+
+PATH = "/v2/models/breast-cancer/infer"
+REQUEST = json.dumps({"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [1, 2],
+                                  "data": [1.0, 2.0]}]}).encode()
+ANSWER = json.dumps({"outputs": [{"name": "predict", "datatype": "INT64", "shape": [1, 1],
+                                  "data": [1]}]}).encode()
+
+
+class Counts:
+    """A Report that only counts outcomes."""
+
+    def __init__(self) -> None:
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+
+    def count(self, shadow: str, outcome: str, n: int = 1) -> None:
+        self.outcomes[(shadow, outcome)] += n
+
+    def observe(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def compared(self, *args: object) -> None:
+        pass
+
+
+def shadow_pool(name: str = "shadow") -> ShadowPool:
+    return ShadowPool(name, "v3", [ShadowReplica("http://127.0.0.1:9", "127.0.0.1:9")])
+
+
+def mirror(report: Counts) -> Mirror:
+    # no session needed: batched requests go over gRPC, and these are never sent
+    return Mirror(report, session=None, max_in_flight=10, timeout=1.0,  # type: ignore[arg-type]
+                  rtol=1e-6, batch_rows=100, batch_wait=0.5)
+
+
+def test_a_batch_whose_shadow_left_while_it_waited_is_dropped_not_failed() -> None:
+    report = Counts()
+    m = mirror(report)
+    m.pool = shadow_pool()
+    for _ in range(3):
+        m.submit(m.pool, "rest", PATH, REQUEST, "stable", ANSWER)
+    m.pool = None  # a new routing table without a shadow (the rollout ended)
+    m.flush_all()
+    assert report.outcomes == {("shadow", "dropped"): 3}
+    assert m.in_flight == 0
+
+
+def test_a_batch_whose_shadow_was_replaced_by_another_name_is_dropped() -> None:
+    report = Counts()
+    m = mirror(report)
+    m.pool = shadow_pool("old")
+    m.submit(m.pool, "rest", PATH, REQUEST, "stable", ANSWER)
+    m.pool = shadow_pool("new")
+    m.flush_all()
+    assert report.outcomes == {("old", "dropped"): 1}
+    assert m.in_flight == 0
