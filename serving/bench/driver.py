@@ -149,6 +149,9 @@ class LoadResult:
     error_samples: list[str] = field(default_factory=list)
     # CPU seconds used during the window: "driver" (this process) and any caller-given probes
     cpu_s: dict[str, float] = field(default_factory=dict)
+    # every successful request's latency, in completion order: to pool runs before taking
+    # percentiles (a p99 of 3 runs' samples is steadier than the median of 3 runs' p99s)
+    latencies_ms: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     @property
     def ok(self) -> int:
@@ -164,6 +167,7 @@ class LoadResult:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        del d["latencies_ms"]  # thousands of numbers: callers that want them read the field
         d["driver_cpu_us_per_request"] = self.driver_cpu_us_per_request
         return d
 
@@ -355,6 +359,7 @@ async def run_load_async(
         error_kinds=dict(rec.kinds),
         error_samples=rec.samples,
         cpu_s=cpu_s,
+        latencies_ms=latencies_ms,
     )
 
 

@@ -9,7 +9,9 @@ concurrent clients, REST and gRPC, three ways, interleaved so drift hits all ali
   direct   straight to the stable replica's MLServer
   router   through /seldon/<ns>/<deployment>/ (REST) or the seldon/namespace metadata (gRPC)
   shadow   through the router with the shadow mirroring 100% of requests
-Prints the figures, then the ratios and differences the targets are stated in:
+With --repeat N, each figure is over the N runs pooled (percentiles of all their latencies), and
+the modes run in turn ABC, CBA, ... Prints the figures, then the ratios and differences the
+targets are stated in:
 router keeps >= 80% of direct throughput, adds <= 0.5 ms at p50 and <= 2 ms at p99;
 100% shadow raises the primary's p99 by <= 10%. All on the same 2 cores: the driver, the router
 and the model servers share them, as they would on one node.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import yaml
 
 from ..dataset import sample_rows
@@ -38,6 +42,7 @@ from .driver import LoadResult, Target, run_load
 from .mlserver_bench import log, machine_cpu_s, session_cpu_s
 
 MODES = ("direct", "router", "shadow")
+PERCENTILES = {"p50_ms": 50, "p99_ms": 99}
 
 
 def start_stack(models: Path, workdir: Path, shadow: dict[str, Any] | None = None,
@@ -99,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
                 ("router", "rest"): Target.rest(state["seldonUrl"], MODEL_NAME),
                 ("router", "grpc"): Target.grpc(state["grpcTarget"], MODEL_NAME, metadata=metadata),
             }
-            for _ in range(args.repeat):
+            for round_ in range(args.repeat):
+                # ABC, CBA, ...: drift of the host over a round hits every mode alike
+                modes = MODES if round_ % 2 == 0 else MODES[::-1]
                 for protocol in ("rest", "grpc"):
                     for c in levels:
-                        for mode in MODES:
+                        for mode in modes:
                             set_mirror(state, 100 if mode == "shadow" else 0)
                             target = targets[("direct" if mode == "direct" else "router",
                                               protocol)]
@@ -117,14 +124,20 @@ def main(argv: list[str] | None = None) -> int:
             stop_background(process, timeout=60)
 
     def med(mode: str, protocol: str, c: int, metric: str) -> float:
-        return statistics.median(getattr(r, metric) for r in results[(mode, protocol, c)])
+        """Over all runs pooled: requests/s on average, percentiles of all their latencies."""
+        runs = results[(mode, protocol, c)]
+        if metric == "rps":
+            return statistics.fmean(r.rps for r in runs)
+        latencies = np.concatenate([r.latencies_ms for r in runs])
+        return float(np.percentile(latencies, PERCENTILES[metric])) if len(latencies) else math.nan
 
     def cpu_us(mode: str, protocol: str, c: int, who: str) -> float:
-        return statistics.median(r.cpu_s.get(who, float("nan")) / max(r.requests, 1) * 1e6
-                                 for r in results[(mode, protocol, c)])
+        runs = results[(mode, protocol, c)]
+        return (sum(r.cpu_s.get(who, math.nan) for r in runs)
+                / max(sum(r.requests for r in runs), 1) * 1e6)
 
     lines = [f"router benchmark: {os.cpu_count()} cores, {args.duration:g}s per run, "
-             f"median of {args.repeat}; single-row requests, closed loop; shadow batches "
+             f"{args.repeat} runs pooled; single-row requests, closed loop; shadow batches "
              f"{shadow or 'as the spec defaults'}",
              "",
              f"{'mode':<7} {'proto':<5} {'conc':>4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} "
