@@ -118,19 +118,32 @@ class Model(_Values):
     """Locally: the folder holding <model>/<version>/ artifacts (made by 'make models')."""
 
 
+#: the longest interval between two hand-overs of mirrored pairs (Shadowing.handoff_seconds)
+HANDOFF_SECONDS = 0.5
+
+
 class Shadowing(_Values):
-    max_in_flight: Annotated[int, Field(ge=1)] = 2048
+    max_in_flight: Annotated[int, Field(ge=1)] = 4096
     """Mirrored requests in flight at once (waiting in a batch or being answered); more are
     dropped and counted, never queued."""
-    batch_rows: Annotated[int, Field(ge=1)] = 1024
-    """Alike mirrored requests are sent to the shadow as one batch of up to this many rows..."""
-    batch_wait_seconds: Annotated[float, Field(ge=0, le=1)] = 0.5
-    """...collected for at most this long (0 = no batching). Few large batches disturb callers
-    less than many small ones; comparisons arrive this much later."""
+    batch_rows: Annotated[int, Field(ge=1)] = 512
+    """Alike mirrored requests are sent to the shadow as one batch once they add up to this many
+    rows..."""
+    batch_wait_seconds: Annotated[float, Field(ge=0, le=10)] = 2.0
+    """...or once the first of them has waited this long (0 = no batching). Batches of a few
+    hundred rows cost the shadow little per row, and few of them disturb callers less than many
+    small ones; comparisons arrive up to this much later."""
     timeout_seconds: Annotated[float, Field(gt=0)] = 2.0
     """A mirrored request slower than this is abandoned and counted as failed."""
     rtol: Annotated[float, Field(ge=0)] = 1e-6
     """Relative tolerance when comparing numeric outputs (labels must match exactly)."""
+
+    @property
+    def handoff_seconds(self) -> float:
+        """How often nginx hands the mirrored pairs it kept to the shadow worker, in one write,
+        and the worker checks its batches' age: often enough that a batch fills up and leaves on
+        its own, rather than several leaving together after one big hand-over."""
+        return max(min(self.batch_wait_seconds, HANDOFF_SECONDS), 0.001)
 
 
 class RouterSettings(_Values):

@@ -120,7 +120,7 @@ def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sock
         "shadowSocket": f"unix:{sockets.shadow}",
         "maxHandoffs": rs.shadow.max_in_flight,
         # mirrored pairs go to the shadow worker once per batch interval (router.lua hand_over)
-        "handoffInterval": max(rs.shadow.batch_wait_seconds, 0.001),
+        "handoffInterval": rs.shadow.handoff_seconds,
         "handoffTimeoutMs": 1000,
         "upstreamTimeout": f"{rs.upstream_timeout_seconds:g}",
         "maxBodyBytes": rs.max_body_bytes,

@@ -132,6 +132,9 @@ class Batch:
     """Alike mirrored requests waiting to go to the shadow as one inference."""
 
     shadow: str
+    started: float
+    """When its first request arrived (monotonic): it leaves `batch_wait` seconds later at the
+    latest."""
     pending: list[Pending] = field(default_factory=list)
     rows: int = 0
 
@@ -149,7 +152,7 @@ class Mirror:
     batch_rows: int
     """A batch is sent once it has this many rows..."""
     batch_wait: float
-    """...or at the next flush, every this many seconds (HandoffReceiver.flush_every)."""
+    """...or once it is this many seconds old (checked by HandoffReceiver.flush_every)."""
     in_flight: int = 0
     """Mirrored requests accepted and not finished (waiting in a batch or being answered)."""
     pool: ShadowPool | None = None
@@ -179,7 +182,9 @@ class Mirror:
             self._keep(self._run(pool, kind, path, request, [primary], [answer], None))
             return
         batch_id = (pool.name, inputs.key)
-        batch = self._batches.setdefault(batch_id, Batch(pool.name))
+        batch = self._batches.get(batch_id)
+        if batch is None:
+            batch = self._batches[batch_id] = Batch(pool.name, time.monotonic())
         batch.pending.append(Pending(inputs, primary, answer))
         batch.rows += inputs.rows
         if batch.rows >= self.batch_rows:
@@ -188,6 +193,13 @@ class Mirror:
     def flush_all(self) -> None:
         for batch_id in list(self._batches):
             self._flush(batch_id)
+
+    def flush_due(self) -> None:
+        """Send the batches that have waited `batch_wait` seconds."""
+        oldest_allowed = time.monotonic() - self.batch_wait
+        for batch_id, batch in list(self._batches.items()):
+            if batch.started <= oldest_allowed:
+                self._flush(batch_id)
 
     def _flush(self, batch_id: tuple[str, BatchKey]) -> None:
         batch = self._batches.pop(batch_id)
@@ -314,12 +326,13 @@ class HandoffReceiver:
         self.mirror = mirror
 
     async def flush_every(self, seconds: float) -> None:
-        """Send what waits in batches every `seconds`. nginx hands mirrored pairs over at the
-        same interval, in one write, so the worker wakes a few times per second, not once per
-        request (any CPU spent next to the primary's requests shows in their tail latency)."""
+        """Every `seconds`, send the batches that have waited long enough. nginx hands mirrored
+        pairs over at the same interval, in one write, so the worker wakes a few times per
+        second, not once per request (any CPU spent next to the primary's requests shows in
+        their tail latency)."""
         while True:
             await asyncio.sleep(seconds)
-            self.mirror.flush_all()
+            self.mirror.flush_due()
 
     def consume(self, buffer: bytearray) -> None:
         """Take every complete frame off the front of `buffer`."""

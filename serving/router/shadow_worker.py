@@ -103,7 +103,7 @@ async def serve(args: argparse.Namespace) -> None:
         # Started at normal priority so that it starts fast on a busy machine; from here on,
         # the idle class (threads started later, gRPC's among them, inherit it).
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-        flusher = asyncio.create_task(receiver.flush_every(max(args.batch_wait, 0.001)))
+        flusher = asyncio.create_task(receiver.flush_every(args.handoff_interval))
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rtol", type=float, required=True)
     parser.add_argument("--batch-rows", type=int, required=True)
     parser.add_argument("--batch-wait", type=float, required=True)
+    parser.add_argument("--handoff-interval", type=float, required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
     try:
@@ -147,7 +148,8 @@ class ShadowWorker:
                         "--max-in-flight", str(settings.max_in_flight),
                         "--timeout", str(settings.timeout_seconds), "--rtol", str(settings.rtol),
                         "--batch-rows", str(settings.batch_rows),
-                        "--batch-wait", str(settings.batch_wait_seconds)]
+                        "--batch-wait", str(settings.batch_wait_seconds),
+                        "--handoff-interval", str(settings.handoff_seconds)]
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._writer: asyncio.StreamWriter | None = None

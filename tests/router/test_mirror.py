@@ -1,11 +1,15 @@
-"""The shadow worker's batching: a batch goes to the shadow the routing table lists when it is
-sent, and is dropped (and counted) when that shadow left while it waited."""
+"""The shadow worker's batching: a batch leaves when it is full or old enough, goes to the shadow
+the routing table lists when it is sent, and is dropped (and counted) when that shadow left while
+it waited."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
 
+import pytest
+
+from serving.router import shadow as shadow_module
 from serving.router.shadow import Mirror, ShadowPool, ShadowReplica
 
 PATH = "/v2/models/breast-cancer/infer"
@@ -62,3 +66,33 @@ def test_a_batch_whose_shadow_was_replaced_by_another_name_is_dropped() -> None:
     m.flush_all()
     assert report.outcomes == {("old", "dropped"): 1}
     assert m.in_flight == 0
+
+
+def test_a_batch_leaves_once_its_first_request_has_waited_batch_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(shadow_module.time, "monotonic", lambda: clock[0])
+    report = Counts()
+    m = mirror(report)  # batch_wait 0.5 s
+    m.pool = shadow_pool()
+    m.submit(m.pool, "rest", PATH, REQUEST, "stable", ANSWER)
+    m.pool = None  # a batch that leaves is then counted as dropped, without being sent
+    clock[0] += 0.375
+    m.flush_due()
+    assert report.outcomes == {}  # still waiting for more rows
+    clock[0] += 0.125  # 0.5 s after the first request
+    m.flush_due()
+    assert report.outcomes == {("shadow", "dropped"): 1}
+
+
+def test_a_batch_leaves_as_soon_as_it_has_batch_rows() -> None:
+    report = Counts()
+    m = Mirror(report, session=None, max_in_flight=10, timeout=1.0,  # type: ignore[arg-type]
+               rtol=1e-6, batch_rows=3, batch_wait=60)
+    m.pool = shadow_pool()
+    pool = m.pool
+    m.pool = None  # as above: a batch that leaves is counted as dropped
+    for _ in range(2):
+        m.submit(pool, "rest", PATH, REQUEST, "stable", ANSWER)
+    assert report.outcomes == {}
+    m.submit(pool, "rest", PATH, REQUEST, "stable", ANSWER)  # the third row fills it
+    assert report.outcomes == {("shadow", "dropped"): 3}
