@@ -4,7 +4,9 @@
 
 1. one MLServer: MLServer's defaults vs the tuned settings, REST and gRPC, 1 and 16 clients;
 2. the router: direct MLServer vs through the router vs with 100% shadow, REST and gRPC;
-3. whether idle-class CPU work (what the shadow runs in) disturbs a lone client on this machine.
+3. whether idle-class CPU work (what the shadow runs in) disturbs a lone client on this machine;
+4. the floor under the router's cost: bare nginx and bare HAProxy (if installed) at 16 gRPC
+   clients, where the router is closest to its targets.
 Each part prints its figures and its ratios; they land in the report folder as markdown.
 """
 
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import idle_interference, mlserver_bench, router_bench
+from . import idle_interference, mlserver_bench, proxy_floor, router_bench
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,20 +30,24 @@ def main(argv: list[str] | None = None) -> int:
     out = args.reports / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     duration = str(args.duration)
-    print("== 1/3 one MLServer: defaults vs tuned ==", flush=True)
+    print("== 1/4 one MLServer: defaults vs tuned ==", flush=True)
     first = mlserver_bench.main(
         ["--models", str(args.models), "--duration", duration, "--out", str(out / "mlserver.md")]
     )
-    print("\n== 2/3 direct vs router vs router with 100% shadow ==", flush=True)
+    print("\n== 2/4 direct vs router vs router with 100% shadow ==", flush=True)
     second = router_bench.main(
         ["--models", str(args.models), "--duration", duration, "--out", str(out / "router.md")]
     )
-    print("\n== 3/3 idle-class CPU work next to one client ==", flush=True)
+    print("\n== 3/4 idle-class CPU work next to one client ==", flush=True)
     with open(out / "idle-interference.md", "w") as f, contextlib.redirect_stdout(f):
         third = idle_interference.main(["--models", str(args.models)])
     print((out / "idle-interference.md").read_text(), end="")
+    print("\n== 4/4 bare proxies vs the router, gRPC, 16 clients ==", flush=True)
+    with open(out / "proxy-floor.md", "w") as f, contextlib.redirect_stdout(f):
+        fourth = proxy_floor.main(["--models", str(args.models), "--duration", duration])
+    print((out / "proxy-floor.md").read_text(), end="")
     print(f"\nreports written to {out}/")
-    return first or second or third
+    return first or second or third or fourth
 
 
 if __name__ == "__main__":
