@@ -206,6 +206,29 @@ def test_unreachable_replica_is_retried_on_another_replica(stack: Stack) -> None
     assert {s for s, _, _ in results} == {200}
 
 
+def retries_of(stack: Stack, predictor: str) -> float:
+    metrics = httpx.get(stack.state["restUrl"] + "/metrics").text
+    prefix = ('seldon_router_retries_total{deployment_name="breast-cancer",'
+              f'predictor_name="{predictor}"}} ')
+    return sum(float(line[len(prefix):]) for line in metrics.splitlines()
+               if line.startswith(prefix))
+
+
+def test_unreachable_replica_is_retried_on_another_replica_over_grpc(stack: Stack) -> None:
+    stack.wait_all_live()
+    retried = retries_of(stack, "stable")
+    os.kill(stack.replica_pid("stable", 0), signal.SIGKILL)
+    time.sleep(0.1)
+    client = GrpcClient(stack.state["grpcTarget"],
+                        metadata={"seldon": "breast-cancer", "namespace": "models",
+                                  "x-seldon-predictor": "stable"})
+    served = [client.infer("breast-cancer", dataset.sample_rows(1, seed=i)).predictor
+              for i in range(40)]
+    assert served == ["stable"] * 40
+    time.sleep(0.3)  # metrics lines reach the control process every 100 ms
+    assert retries_of(stack, "stable") > retried  # the dead replica was tried, then the other
+
+
 def test_predictor_without_live_replica_answers_503_with_a_clear_body(stack: Stack) -> None:
     os.kill(stack.replica_pid("canary"), signal.SIGKILL)
     time.sleep(0.1)
@@ -224,6 +247,14 @@ def test_oversized_body_gets_413(stack: Stack) -> None:
     resp = httpx.post(stack.infer_url, json=body)
     assert resp.status_code == 413
     assert "maxBodyBytes" in resp.text
+
+
+def test_oversized_grpc_request_is_refused_with_the_limit_named(stack: Stack) -> None:
+    client = GrpcClient(stack.state["grpcTarget"],
+                        metadata={"seldon": "breast-cancer", "namespace": "models"})
+    with pytest.raises(InferenceFailed, match="RESOURCE_EXHAUSTED.*maxBodyBytes"):
+        client.infer("breast-cancer", dataset.sample_rows(400))  # ~96 KB, limit 64 KiB
+    assert client.infer("breast-cancer", dataset.sample_rows(1)).predictor  # still serving
 
 
 def test_malformed_requests_are_answered_like_mlserver(stack: Stack) -> None:
