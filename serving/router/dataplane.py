@@ -119,7 +119,7 @@ def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sock
         "telemetrySocket": f"unix:{sockets.telemetry}",
         "shadowSocket": f"unix:{sockets.shadow}",
         "maxHandoffs": rs.shadow.max_in_flight,
-        # mirrored pairs go to the shadow worker once per batch interval (router.lua hand_over)
+        # mirrored pairs go to the shadow worker every Shadowing.handoff_seconds (router.lua hand_over)
         "handoffInterval": rs.shadow.handoff_seconds,
         "handoffTimeoutMs": 1000,
         "upstreamTimeout": f"{rs.upstream_timeout_seconds:g}",

@@ -1,10 +1,10 @@
 """Mirroring to the shadow: fire-and-forget, bounded, timed out, and compared with the primary.
 
 The caller never waits for the shadow. nginx answers the caller first, keeps the request and
-the primary's answer, and hands what it kept over a unix socket once per batch interval
-(lua/router.lua, hand_over) to the shadow worker, a process of
-its own in the idle CPU class (shadow_worker.py), like the shadow's model servers: mirrored work
-only gets CPU time that callers' requests do not want. The worker sends the request to a shadow
+the primary's answer, and hands what it kept over a unix socket every hand-over interval
+(lua/router.lua, hand_over) to the shadow worker, a process of its own in the idle CPU class
+(shadow_worker.py), like the shadow's model servers: mirrored work only gets CPU time that
+callers' requests do not want. The worker sends the request to a shadow
 replica, compares the two answers, and reports back to the control process as metrics lines
 (telemetry.py), where `ShadowLedger` keeps the counts and the agreement.
 

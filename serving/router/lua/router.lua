@@ -284,8 +284,8 @@ local function send_to(socket, data, timeout_ms)
   return ok, err
 end
 
--- Every batch interval, the mirrored pairs collected since the last one go to the shadow
--- worker in one write: one send per batch, not a timer and a send per mirrored request.
+-- Every hand-over interval (at most 0.5 s), the mirrored pairs collected since the last one go
+-- to the shadow worker in one write, not a timer and a send per mirrored request.
 local function hand_over(premature)
   if #handoff_shadows == 0 then return end
   local frames, shadows = handoff_frames, handoff_shadows
