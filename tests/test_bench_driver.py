@@ -20,7 +20,13 @@ from mlserver.grpc.dataplane_pb2_grpc import (
 )
 
 from serving import dataset
-from serving.bench.driver import LoadResult, Target, run_load
+from serving.bench.driver import (
+    LoadResult,
+    Target,
+    pooled_cpu_us,
+    pooled_percentile,
+    run_load,
+)
 from serving.server import MLServerProcess, free_port
 
 from .conftest import MODEL
@@ -195,3 +201,19 @@ def test_grpc_target_sends_its_metadata(fake_grpc: tuple[str, Seen], rows: np.nd
 def test_refuses_targets_it_must_not_load(make: Any) -> None:
     with pytest.raises(ValueError):
         make()
+
+
+def _result(latencies_ms: list[float], cpu_s: float) -> LoadResult:
+    return LoadResult("t", "rest", 1, 1.0, requests=len(latencies_ms), errors=0,
+                      rps=len(latencies_ms), p50_ms=math.nan, p99_ms=math.nan, mean_ms=math.nan,
+                      cpu_s={"router": cpu_s}, latencies_ms=np.asarray(latencies_ms))
+
+
+def test_runs_are_pooled_before_taking_percentiles() -> None:
+    runs = [_result([1.0] * 99 + [50.0], 0.001), _result([2.0] * 100, 0.003)]
+    # the median of the runs' own p99s would hide the one slow request; the pooled p99 does not
+    assert pooled_percentile(runs, 50) == 2.0  # 99 of 1 ms, 100 of 2 ms, one of 50 ms
+    assert 2.0 <= pooled_percentile(runs, 99) < 50.0
+    assert pooled_percentile(runs, 100) == 50.0
+    assert pooled_cpu_us(runs, "router") == 20.0  # 4 ms over 200 requests
+    assert math.isnan(pooled_percentile([_result([], 0.0)], 99))

@@ -29,7 +29,7 @@ import math
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -170,6 +170,19 @@ class LoadResult:
         del d["latencies_ms"]  # thousands of numbers: callers that want them read the field
         d["driver_cpu_us_per_request"] = self.driver_cpu_us_per_request
         return d
+
+
+def pooled_percentile(runs: Sequence[LoadResult], percentile: float) -> float:
+    """A latency percentile over the requests of several runs pooled: steadier than the median
+    of the runs' own percentiles. NaN when no request succeeded."""
+    latencies = np.concatenate([r.latencies_ms for r in runs]) if runs else np.empty(0)
+    return float(np.percentile(latencies, percentile)) if len(latencies) else math.nan
+
+
+def pooled_cpu_us(runs: Sequence[LoadResult], who: str) -> float:
+    """CPU microseconds per request that `who` (a `cpu_s` key) used over several runs."""
+    requests = max(sum(r.requests for r in runs), 1)
+    return sum(r.cpu_s.get(who, math.nan) for r in runs) / requests * 1e6
 
 
 class _Recorder:

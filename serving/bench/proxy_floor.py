@@ -19,7 +19,6 @@ miss too is a limit of the machine, not of the router's logic.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import shutil
 import socket
@@ -32,21 +31,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 from ..dataset import sample_rows
 from ..router.dataplane import nginx_executable
 from ..router.stack import stop_background
+from ..server import free_port
 from ..training import MODEL_NAME
-from .driver import LoadResult, Target, run_load
+from .driver import LoadResult, Target, pooled_cpu_us, pooled_percentile, run_load
 from .mlserver_bench import log, session_cpu_s
 from .router_bench import start_stack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def nginx_bare_config(prefix: Path, rest_upstream: str, grpc_upstream: str, rest_port: int,
@@ -195,14 +188,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def pooled(name: str) -> tuple[float, float, float]:
         runs = results[name]
-        latencies = np.concatenate([r.latencies_ms for r in runs])
-        p50, p99 = np.percentile(latencies, [50, 99]) if len(latencies) else (math.nan,) * 2
-        return statistics.fmean(r.rps for r in runs), float(p50), float(p99)
+        return (statistics.fmean(r.rps for r in runs), pooled_percentile(runs, 50),
+                pooled_percentile(runs, 99))
 
     def cpu_us(name: str, who: str) -> float:
-        runs = results[name]
-        return sum(r.cpu_s.get(who, math.nan) for r in runs) / max(
-            sum(r.requests for r in runs), 1) * 1e6
+        return pooled_cpu_us(results[name], who)
 
     rps0, p50_0, p99_0 = pooled("direct")
     print(f"proxy floor: {os.cpu_count()} cores, {args.protocol}, {args.concurrency} clients, "

@@ -1,7 +1,7 @@
 """What the router costs: direct MLServer vs through the router, and with 100% shadow mirroring.
 
     python -m serving.bench.router_bench --models models [--duration 8] [--repeat 1] [--out F]
-        [--concurrency 1,16] [--shadow-batch-wait 0.5] [--shadow-batch-rows 1024]
+        [--concurrency 1,16] [--shadow-batch-wait SECONDS] [--shadow-batch-rows ROWS]
 
 Starts the local stack (`serving up`, tuned MLServer settings) with a stable predictor (v1, one
 replica) and a shadow (v3) mirroring 0%, then measures single-row requests at 1 and 16
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -32,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import yaml
 
 from ..dataset import sample_rows
 from ..router.stack import start_background, stop_background
 from ..training import MODEL_NAME
-from .driver import LoadResult, Target, run_load
+from .driver import LoadResult, Target, pooled_cpu_us, pooled_percentile, run_load
 from .mlserver_bench import log, machine_cpu_s, session_cpu_s
 
 MODES = ("direct", "router", "shadow")
@@ -123,18 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             stop_background(process, timeout=60)
 
-    def med(mode: str, protocol: str, c: int, metric: str) -> float:
+    def figure(mode: str, protocol: str, c: int, metric: str) -> float:
         """Over all runs pooled: requests/s on average, percentiles of all their latencies."""
         runs = results[(mode, protocol, c)]
         if metric == "rps":
             return statistics.fmean(r.rps for r in runs)
-        latencies = np.concatenate([r.latencies_ms for r in runs])
-        return float(np.percentile(latencies, PERCENTILES[metric])) if len(latencies) else math.nan
+        return pooled_percentile(runs, PERCENTILES[metric])
 
     def cpu_us(mode: str, protocol: str, c: int, who: str) -> float:
-        runs = results[(mode, protocol, c)]
-        return (sum(r.cpu_s.get(who, math.nan) for r in runs)
-                / max(sum(r.requests for r in runs), 1) * 1e6)
+        return pooled_cpu_us(results[(mode, protocol, c)], who)
 
     lines = [f"router benchmark: {os.cpu_count()} cores, {args.duration:g}s per run, "
              f"{args.repeat} runs pooled; single-row requests, closed loop; shadow batches "
@@ -150,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
             for mode in MODES:
                 errors = sum(r.errors for r in results[(mode, protocol, c)])
                 lines.append(
-                    f"{mode:<7} {protocol:<5} {c:>4} {med(mode, protocol, c, 'rps'):>8.0f} "
-                    f"{med(mode, protocol, c, 'p50_ms'):>7.2f} "
-                    f"{med(mode, protocol, c, 'p99_ms'):>7.2f} {errors:>6} "
+                    f"{mode:<7} {protocol:<5} {c:>4} {figure(mode, protocol, c, 'rps'):>8.0f} "
+                    f"{figure(mode, protocol, c, 'p50_ms'):>7.2f} "
+                    f"{figure(mode, protocol, c, 'p99_ms'):>7.2f} {errors:>6} "
                     f"{cpu_us(mode, protocol, c, 'router'):>13.0f} "
                     f"{cpu_us(mode, protocol, c, 'mlserver'):>15.0f}")
     lines += ["", "against the targets (router vs direct; shadow vs router):",
@@ -161,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = []
     for protocol in ("rest", "grpc"):
         for c in levels:
-            ratio = med("router", protocol, c, "rps") / med("direct", protocol, c, "rps")
-            add50 = med("router", protocol, c, "p50_ms") - med("direct", protocol, c, "p50_ms")
-            add99 = med("router", protocol, c, "p99_ms") - med("direct", protocol, c, "p99_ms")
-            shadow99 = med("shadow", protocol, c, "p99_ms") / med("router", protocol, c, "p99_ms")
+            ratio = figure("router", protocol, c, "rps") / figure("direct", protocol, c, "rps")
+            add50 = figure("router", protocol, c, "p50_ms") - figure("direct", protocol, c, "p50_ms")
+            add99 = figure("router", protocol, c, "p99_ms") - figure("direct", protocol, c, "p99_ms")
+            shadow99 = figure("shadow", protocol, c, "p99_ms") / figure("router", protocol, c, "p99_ms")
             misses = [name for name, ok in (("throughput", ratio >= 0.8), ("p50", add50 <= 0.5),
                                             ("p99", add99 <= 2.0), ("shadow", shadow99 <= 1.10))
                       if not ok]

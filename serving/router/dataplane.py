@@ -260,16 +260,13 @@ class Nginx:
         if resp.status_code != 200:
             raise ServingError(f"nginx refused the routing table: {resp.text.strip()}")
 
-    def counters(self, in_flight_of: int | None = None) -> dict[str, int]:
-        """nginx's own counts; with a pool's uid, also its requests in flight."""
-        params = {"in_flight": in_flight_of} if in_flight_of else None
-        try:
-            return dict(self._client.get("/counters", params=params).json())
-        except (httpx.HTTPError, ValueError):
-            return {}
-
     def in_flight(self, pool_uid: int) -> int:
-        return int(self.counters(pool_uid).get("inFlight", 0))
+        """A pool's requests in flight, as nginx counts them (0 when nginx does not answer)."""
+        try:
+            counters = self._client.get("/counters", params={"in_flight": pool_uid}).json()
+            return int(counters.get("inFlight", 0))
+        except (httpx.HTTPError, ValueError):
+            return 0
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

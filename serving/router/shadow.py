@@ -4,9 +4,9 @@ The caller never waits for the shadow. nginx answers the caller first, keeps the
 the primary's answer, and hands what it kept over a unix socket every hand-over interval
 (lua/router.lua, hand_over) to the shadow worker, a process of its own in the idle CPU class
 (shadow_worker.py), like the shadow's model servers: mirrored work only gets CPU time that
-callers' requests do not want. The worker sends the request to a shadow
-replica, compares the two answers, and reports back to the control process as metrics lines
-(telemetry.py), where `ShadowLedger` keeps the counts and the agreement.
+callers' requests do not want. The worker sends the request to a shadow replica, compares the
+two answers, and reports back to the control process as metrics lines (telemetry.py), where
+`ShadowLedger` keeps the counts and the agreement.
 
 Alike mirrored requests are batched into one inference (shadow_batch.py). When `max_in_flight`
 mirrored requests are already waiting or running, new ones are dropped and counted, never

@@ -382,11 +382,10 @@ function _M.put_table()
   ngx.say("ok")
 end
 
--- GET /counters on the control socket: mirrored pairs waiting, and (?in_flight=<pool>) a
--- pool's requests in flight.
+-- GET /counters?in_flight=<pool> on the control socket: a pool's requests in flight.
 function _M.counters()
   ngx.header["content-type"] = "application/json"
-  local counters = { handoffWaiting = #handoff_shadows }
+  local counters = {}
   local name = ngx.var.arg_in_flight
   if name then counters.inFlight = shared:get("in_flight:" .. name) or 0 end
   ngx.say(cjson.encode(counters))
