@@ -163,6 +163,13 @@ class RouterSettings(_Values):
     """Timeout for a forwarded request."""
     admin_token_env: str = "SERVING_ADMIN_TOKEN"
     """Environment variable holding the token the admin API requires; unset = changes refused."""
+    pin_token_env: str = "SERVING_PIN_TOKEN"
+    """Environment variable holding the token a caller sends in `x-serving-pin-token` to pin a
+    predictor with `x-seldon-predictor` (load tests, smoke tests of a canary). `serving up`
+    makes one when it is unset and keeps it in its state file. Without it pins are refused."""
+    allow_shadow_pin: bool = False
+    """Whether a pinned request may be answered by the shadow (its answers otherwise never reach
+    callers)."""
     shadow: Shadowing = Field(default_factory=Shadowing)
     """Mirroring limits."""
 

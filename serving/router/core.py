@@ -121,6 +121,7 @@ class RouterCore:
                 "inFlight": self.shadow.in_flight,
                 "worker": self.shadow_worker_status(),
                 **self.shadow.counts,
+                "droppedBy": dict(self.shadow.dropped_by),
                 "agreement": self.shadow.stats.as_dict(),
             },
             "uptimeSeconds": round(time.time() - self.started, 1),

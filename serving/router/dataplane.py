@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jinja2
 
 from ..errors import ServingError
 from ..server import child_setup
@@ -69,50 +70,16 @@ class Sockets:
         return self.folder / "shadow.sock"
 
 
-# Set by router.lua's access(); nginx variables rather than ngx.ctx because they must survive
-# error_page's internal redirect.
-REQUEST_VARIABLES = "".join(f'    set ${name} "";\n' for name in (
-    "predictor", "predictor_version", "service", "started", "fallback_from", "counted"))
-
-
-def forwarding(module: str, kind: str, timeout: str) -> str:
-    """What REST (module 'proxy') and gRPC (module 'grpc') forwarding share: a refused or reset
-    connection is tried once more on another replica; nginx's own errors (502 no replica
-    reachable, 504 timeout, 413 body too large) are answered by router.lua in the caller's
-    protocol."""
-    lines = [f'      {module}_set_header x-seldon-predictor "";',
-             f"      {module}_next_upstream error non_idempotent;",
-             f"      {module}_next_upstream_tries 2;",
-             f"      {module}_connect_timeout 2s;",
-             f"      {module}_read_timeout {timeout};",
-             f"      {module}_send_timeout {timeout};"]
-    lines += [f"      error_page {code} = @{kind}_{code};" for code in (502, 504, 413)]
-    lines.append("    }")
-    lines += [f"    location @{kind}_{code} {{ content_by_lua_block {{ "
-              f'require("router").upstream_error("{kind}", {code}) }} }}'
-              for code in (502, 504, 413)]
-    return "\n".join(lines) + "\n"
-
-
-def replicas_upstream(name: str) -> str:
-    return f"""  upstream {name} {{
-    server 0.0.0.1;              # placeholder: router.lua's balance() picks the replica
-    balancer_by_lua_block {{ require("router").balance() }}
-    keepalive 64;
-    keepalive_requests 1000000;
-    keepalive_timeout 4s;        # below MLServer's 5 s, so nginx never reuses a closing one
-  }}
-"""
-
-
-def to_control(location: str) -> str:
-    """A location of the REST port served by the control process (admin API, metrics)."""
-    return (f"    location {location} {{ proxy_pass http://control; proxy_http_version 1.1; "
-            'proxy_set_header Connection ""; }\n')
+TEMPLATE = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=False,
+    trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined,
+).get_template("nginx.conf.j2")
 
 
 def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sockets: Sockets,
-                  error_log: Path) -> str:
+                  error_log: Path, pin_token: str) -> str:
+    """nginx.conf for the stack (nginx.conf.j2). `pin_token` is what callers must send in
+    x-serving-pin-token to pin a predictor; the config sits in the stack's private run folder."""
     rs = spec.router
     d = spec.deployment
     lua_conf = {
@@ -124,98 +91,22 @@ def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sock
         "handoffTimeoutMs": 1000,
         "upstreamTimeout": f"{rs.upstream_timeout_seconds:g}",
         "maxBodyBytes": rs.max_body_bytes,
+        "model": spec.model.name,
+        "seldonPrefix": f"/seldon/{d.namespace}/{d.name}",
+        "pinToken": pin_token,
+        "pinTokenEnv": rs.pin_token_env,
+        "allowShadowPin": rs.allow_shadow_pin,
     }
     sticky = ("ngx.var.http_" + rs.sticky_header.lower().replace("-", "_")
               if rs.sticky_header else "nil")
-    timeout = f"{rs.upstream_timeout_seconds:g}s"
-    user = "user root;" if os.geteuid() == 0 else ""  # else nginx's workers run as 'nobody'
-    return f"""# Written by serving/router/dataplane.py for {d.namespace}/{d.name}; do not edit.
-{user}
-worker_processes 1;
-worker_shutdown_timeout 3s;     # a graceful stop never waits on a slow model for long
-daemon off;
-master_process on;
-pid {prefix}/nginx.pid;
-error_log {error_log} warn;
-load_module {MODULES_DIR}/ndk_http_module.so;
-load_module {MODULES_DIR}/ngx_http_lua_module.so;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;                # metrics lines go to the control process instead (router.lua)
-  server_tokens off;
-  default_type application/json;
-  client_body_temp_path {prefix}/tmp/body;
-  proxy_temp_path {prefix}/tmp/proxy;
-  fastcgi_temp_path {prefix}/tmp/fastcgi;
-  uwsgi_temp_path {prefix}/tmp/uwsgi;
-  scgi_temp_path {prefix}/tmp/scgi;
-  client_max_body_size {rs.max_body_bytes};
-  client_body_buffer_size {rs.max_body_bytes};   # bodies stay in memory: mirrored, retried
-  client_body_in_single_buffer on;
-  keepalive_requests 1000000;    # nginx's default (1000) makes clients reconnect needlessly
-  lua_package_path "{LUA_DIR}/?.lua;;";
-  lua_shared_dict router 16m;
-  lua_max_pending_timers 4096;
-  lua_max_running_timers 1024;
-  init_by_lua_block {{ require("router").init(require("cjson").decode([[{json.dumps(lua_conf)}]])) }}
-  init_worker_by_lua_block {{ require("router").init_worker() }}
-
-{replicas_upstream("rest_replicas")}{replicas_upstream("grpc_replicas")}  upstream control {{ server unix:{sockets.control}; keepalive 4; }}
-  # What is forwarded: the path after the prefix, still percent-encoded as the caller sent it
-  # (nginx's $uri is decoded; forwarding it would let %0D%0A or %20 reshape the request).
-  map $request_uri $tail {{
-    "~^/seldon/{d.namespace}/{d.name}(?<rest>/.*)$" $rest;
-    default "/";
-  }}
-
-  server {{                       # REST, as Seldon's Istio gateway: /seldon/<ns>/<deployment>/
-    listen {rs.host}:{rest_port} reuseport;
-{REQUEST_VARIABLES}    header_filter_by_lua_block {{ require("router").header_filter() }}
-    log_by_lua_block {{ require("router").log("rest") }}
-
-    location ~ ^/seldon/{d.namespace}/{d.name}/ {{
-      access_by_lua_block {{ require("router").access("rest", {sticky}) }}
-      body_filter_by_lua_block {{ require("router").body_filter() }}
-      proxy_pass http://rest_replicas$tail;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-{forwarding("proxy", "rest", timeout)}    location /seldon/ {{
-      return 404 '{{"error": "no SeldonDeployment at this path; this router serves /seldon/{d.namespace}/{d.name}/"}}\\n';
-    }}
-{to_control("/admin/")}{to_control("= /metrics")}{to_control("= /healthz")}    location / {{
-      return 404 '{{"error": "not found; inference is under /seldon/{d.namespace}/{d.name}/v2/"}}\\n';
-    }}
-  }}
-
-  server {{                       # gRPC, routed by the metadata Seldon's Istio routes use
-    listen {rs.host}:{grpc_port} http2 reuseport;
-{REQUEST_VARIABLES}    header_filter_by_lua_block {{ require("router").header_filter() }}
-    log_by_lua_block {{ require("router").log("grpc") }}
-    set $grpc_error_type "";       # router.lua sets it for its own errors: nginx drops the
-    add_header content-type $grpc_error_type always;  # content type of a 204 otherwise
-
-    location /inference.GRPCInferenceService/ {{
-      access_by_lua_block {{
-        local r = require("router")
-        if ngx.var.http_seldon ~= "{d.name}" or ngx.var.http_namespace ~= "{d.namespace}" then
-          return r.reject_grpc_metadata("{d.name}", "{d.namespace}")
-        end
-        r.access("grpc", {sticky})
-      }}
-      body_filter_by_lua_block {{ require("router").body_filter() }}
-      grpc_pass grpc://grpc_replicas;
-{forwarding("grpc", "grpc", timeout)}    location / {{
-      content_by_lua_block {{ require("router").reject_unimplemented() }}
-    }}
-  }}
-
-  server {{                       # the control process's side door: routing table, counters
-    listen unix:{sockets.table};
-    location = /table {{ content_by_lua_block {{ require("router").put_table() }} }}
-    location = /counters {{ content_by_lua_block {{ require("router").counters() }} }}
-  }}
-}}
-"""
+    return TEMPLATE.render(
+        namespace=d.namespace, deployment=d.name, seldon_prefix=f"/seldon/{d.namespace}/{d.name}",
+        run_as_root=os.geteuid() == 0, prefix=prefix, error_log=error_log,
+        modules_dir=MODULES_DIR, lua_dir=LUA_DIR, lua_conf=json.dumps(lua_conf),
+        max_body_bytes=rs.max_body_bytes, timeout=f"{rs.upstream_timeout_seconds:g}s",
+        host=rs.host, rest_port=rest_port, grpc_port=grpc_port, sticky=sticky,
+        control_socket=sockets.control, table_socket=sockets.table,
+    )
 
 
 class Nginx:

@@ -58,6 +58,12 @@ class RouterMetrics:
             ["deployment_name", "predictor_name", "outcome"],
             registry=self.registry,
         )
+        self.shadow_dropped = Counter(
+            "seldon_shadow_dropped",
+            "Mirrored requests dropped before comparison, by reason (see shadow.DROP_REASONS).",
+            ["deployment_name", "predictor_name", "reason"],
+            registry=self.registry,
+        )
         self.shadow_in_flight = Gauge(
             "seldon_shadow_in_flight",
             "Mirrored requests in flight.",

@@ -47,6 +47,16 @@ T = TypeVar("T")
 GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
 OUTCOMES = ("sent", "dropped", "failed", "timeout")
+#: why a mirrored request was dropped (a closed set: it is a metric label)
+DROP_REASONS = (
+    "in_flight_limit",   # router.shadow.maxInFlight mirrored requests were already in flight
+    "no_live_replica",   # the shadow had no live replica
+    "shadow_retired",    # the shadow left (a rollout retired it) while the request waited
+    "unreadable",        # the hand-over frame or the gRPC message could not be read
+    "handoff_failed",    # nginx could not hand the pair to the worker (worker down or slow)
+    "handoff_limit",     # nginx held maxInFlight pairs waiting for the next hand-over
+    "other",
+)
 
 
 # -- in the control process ------------------------------------------------------------------------
@@ -58,11 +68,17 @@ class ShadowLedger:
         self.in_flight = 0
         self.stats = AgreementStats()
         self.counts = dict.fromkeys(OUTCOMES, 0)
+        self.dropped_by: dict[str, int] = {}
+        """Why mirrored requests were dropped (DROP_REASONS): every one is compared or counted."""
 
-    def count(self, shadow: str, outcome: str, n: int = 1) -> None:
+    def count(self, shadow: str, outcome: str, n: int = 1, reason: str = "") -> None:
         if outcome in self.counts:
             self.counts[outcome] += n
             self.metrics.shadow_requests.labels(self.metrics.deployment, shadow, outcome).inc(n)
+        if outcome == "dropped":
+            reason = reason if reason in DROP_REASONS else "other"
+            self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
+            self.metrics.shadow_dropped.labels(self.metrics.deployment, shadow, reason).inc(n)
 
     def compared(self, shadow: str, primary: str, requests: int, rows: int, agreed: int) -> None:
         self.stats.add_counts(requests, rows, agreed)
@@ -76,7 +92,7 @@ class Report(Protocol):
     """Where the worker's findings go (shadow_worker.TelemetryWriter: lines to the control
     process, which applies them to its ShadowLedger and metrics)."""
 
-    def count(self, shadow: str, outcome: str, n: int = 1) -> None: ...
+    def count(self, shadow: str, outcome: str, n: int = 1, reason: str = "") -> None: ...
     def observe(self, shadow: str, version: str, method: str, code: str, seconds: float,
                 n: int = 1) -> None: ...
     def compared(self, shadow: str, primary: str, requests: int, result: Comparison) -> None: ...
@@ -167,7 +183,8 @@ class Mirror:
         """Take one mirrored request (`answer`: the primary's, None when it failed). Dropped
         when `max_in_flight` are already in flight or the shadow has no live replica."""
         if self.in_flight >= self.max_in_flight or not pool.replicas:
-            self.report.count(pool.name, "dropped")
+            self.report.count(pool.name, "dropped", reason="no_live_replica" if not pool.replicas
+                              else "in_flight_limit")
             return
         inputs = None
         if answer is not None:
@@ -207,7 +224,9 @@ class Mirror:
         if pool is None or pool.name != batch.shadow or not pool.replicas:
             # the shadow left (or has no live replica) while the batch waited
             self.in_flight -= len(batch.pending)
-            self.report.count(batch.shadow, "dropped", len(batch.pending))
+            self.report.count(batch.shadow, "dropped", len(batch.pending),
+                              "no_live_replica" if pool is not None and pool.name == batch.shadow
+                              else "shadow_retired")
             return
         self.report.count(pool.name, "sent", len(batch.pending))
         # built and sent in its own task: a batch that cannot be built is lost, not the worker
@@ -337,7 +356,11 @@ class HandoffReceiver:
     def consume(self, buffer: bytearray) -> None:
         """Take every complete frame off the front of `buffer`."""
         while (end := buffer.find(b"\n")) >= 0:
-            fields = buffer[:end].decode().split()
+            # bytes as they came (a caller's path may hold any byte): never a decode error
+            fields = buffer[:end].decode("latin-1").split()
+            if not fields:
+                del buffer[:end + 1]
+                continue
             if fields[0] == "table":
                 size = int(fields[1])
                 if len(buffer) < end + 1 + size:
@@ -345,6 +368,15 @@ class HandoffReceiver:
                 self.install(bytes(buffer[end + 1:end + 1 + size]))
                 del buffer[:end + 1 + size]
                 continue
+            if len(fields) != 7 or not (fields[5].isdigit() and fields[6].isdigit()):
+                # the frame's length is unknown, so is where the next one starts: what is left
+                # of this hand-over is lost, counted rather than silently missing
+                logger.warning("unreadable hand-over frame %r; rest of the hand-over dropped",
+                               bytes(buffer[:min(end, 200)]))
+                self.mirror.report.count(fields[1] if len(fields) > 1 else "-", "dropped",
+                                         reason="unreadable")
+                buffer.clear()
+                return
             kind, shadow, primary, path, code, n_request, n_response = fields
             a, b = end + 1 + int(n_request), end + 1 + int(n_request) + int(n_response)
             if len(buffer) < b:
@@ -372,11 +404,12 @@ class HandoffReceiver:
                request: bytes, response: bytes) -> None:
         pool = self.mirror.pool
         if pool is None or pool.name != shadow:  # the shadow was replaced meanwhile
+            self.mirror.report.count(shadow, "dropped", reason="shadow_retired")
             return
         if kind == "grpc":
             message = _grpc_message(request)
             if message is None:
-                self.mirror.report.count(shadow, "dropped")
+                self.mirror.report.count(shadow, "dropped", reason="unreadable")
                 return
             answer = _grpc_message(response) if code == "0" else None
             self.mirror.submit(pool, kind, path, message, primary, answer)

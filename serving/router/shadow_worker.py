@@ -44,13 +44,13 @@ class TelemetryWriter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.lines: list[str] = []
-        self.counts: Counter[tuple[str, str]] = Counter()
+        self.counts: Counter[tuple[str, str, str]] = Counter()
         self.comparisons: dict[tuple[str, str], list[int]] = {}
         self.mirror: Mirror | None = None
         self._writer: asyncio.StreamWriter | None = None
 
-    def count(self, shadow: str, outcome: str, n: int = 1) -> None:
-        self.counts[(shadow, outcome)] += n
+    def count(self, shadow: str, outcome: str, n: int = 1, reason: str = "") -> None:
+        self.counts[(shadow, outcome, reason)] += n
 
     def observe(self, shadow: str, version: str, method: str, code: str, seconds: float,
                 n: int = 1) -> None:
@@ -66,7 +66,7 @@ class TelemetryWriter:
 
     def _batch(self) -> list[str]:
         batch, self.lines = self.lines, []
-        batch += [f"#shadow {s} {o} {n}" for (s, o), n in self.counts.items()]
+        batch += [f"#shadow {s} {o} {n} {r}".rstrip() for (s, o, r), n in self.counts.items()]
         batch += [f"#compared {s} {p} {r} {rows} {agreed}"
                   for (s, p), (r, rows, agreed) in self.comparisons.items()]
         self.counts.clear()

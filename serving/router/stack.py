@@ -58,6 +58,8 @@ class LocalStack:
         self.log_dir = state_dir / "logs"
         self.server_settings = server_settings or ServerSettings.tuned()
         self.admin_token = os.environ.get(spec.router.admin_token_env) or secrets.token_urlsafe(24)
+        # What callers send in x-serving-pin-token to pin a predictor (lua/router.lua).
+        self.pin_token = os.environ.get(spec.router.pin_token_env) or secrets.token_urlsafe(24)
         self.core: RouterCore
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -106,7 +108,7 @@ class LocalStack:
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
             config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
-                                   self.log_dir.resolve() / "nginx-error.log")
+                                   self.log_dir.resolve() / "nginx-error.log", self.pin_token)
             self.nginx = Nginx(config, run_dir, sockets)
             await asyncio.to_thread(self.nginx.start)
             await self._publish()
@@ -168,6 +170,7 @@ class LocalStack:
             "namespace": d.namespace,
             "model": self.spec.model.name,
             "adminToken": self.admin_token,
+            "pinToken": self.pin_token,
             "logs": str(self.log_dir),
         }
         path = self.state_dir / STATE_FILE

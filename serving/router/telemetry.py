@@ -62,8 +62,8 @@ class TelemetryReceiver:
                 self.lost += int(rest)
                 logger.warning("nginx dropped %s metrics lines (control process too slow)", rest)
             elif kind == "#shadow":
-                shadow, outcome, n = rest.split()
-                self.ledger.count(shadow, outcome, int(n))
+                shadow, outcome, n, *reason = rest.split()
+                self.ledger.count(shadow, outcome, int(n), reason[0] if reason else "")
             elif kind == "#compared":
                 shadow, primary, requests, rows, agreed = rest.split()
                 self.ledger.compared(shadow, primary, int(requests), int(rows), int(agreed))

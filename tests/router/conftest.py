@@ -46,6 +46,10 @@ class Stack:
         return httpx.Client(base_url=self.state["restUrl"], timeout=60,
                             headers={"authorization": f"Bearer {self.state['adminToken']}"})
 
+    def pin(self, predictor: str) -> dict[str, str]:
+        """Headers (or gRPC metadata) that pin a predictor: the header and the pin token."""
+        return {"x-seldon-predictor": predictor, "x-serving-pin-token": self.state["pinToken"]}
+
     def status(self) -> dict[str, Any]:
         return dict(httpx.get(self.state["restUrl"] + "/admin/status", timeout=10).json())
 

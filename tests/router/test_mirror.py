@@ -24,9 +24,12 @@ class Counts:
 
     def __init__(self) -> None:
         self.outcomes: Counter[tuple[str, str]] = Counter()
+        self.reasons: Counter[str] = Counter()
 
-    def count(self, shadow: str, outcome: str, n: int = 1) -> None:
+    def count(self, shadow: str, outcome: str, n: int = 1, reason: str = "") -> None:
         self.outcomes[(shadow, outcome)] += n
+        if reason:
+            self.reasons[reason] += n
 
     def observe(self, *args: object, **kwargs: object) -> None:
         pass
@@ -54,6 +57,7 @@ def test_a_batch_whose_shadow_left_while_it_waited_is_dropped_not_failed() -> No
     m.pool = None  # a new routing table without a shadow (the rollout ended)
     m.flush_all()
     assert report.outcomes == {("shadow", "dropped"): 3}
+    assert report.reasons == {"shadow_retired": 3}
     assert m.in_flight == 0
 
 

@@ -10,6 +10,7 @@
 local cjson = require "cjson.safe"
 local balancer = require "ngx.balancer"
 local ffi = require "ffi"
+local bit = require "bit"
 
 ffi.cdef [[
   typedef struct { long tv_sec; long tv_nsec; } serving_timespec;
@@ -27,40 +28,81 @@ local conf = {}            -- set once by init(): socket paths and limits from t
 local cached, cached_gen = nil, -1
 local turn = 0             -- round-robin over replicas
 local log_lines, log_dropped = {}, 0
-local handoffs_dropped = {}  -- shadow name -> mirrored pairs not handed over, sent by flush()
+local handoffs_dropped = {}  -- "shadow reason" -> mirrored pairs not handed over, sent by flush()
 -- Mirrored pairs waiting for the next hand-over (hand_over()): frames, and the shadow of each.
 local handoff_frames, handoff_shadows = {}, {}
 
 local GRPC_UNAVAILABLE, GRPC_NOT_FOUND, GRPC_RESOURCE_EXHAUSTED = 14, 5, 8
-local GRPC_DEADLINE_EXCEEDED = 4
-local HTTP_TO_GRPC = { [404] = GRPC_NOT_FOUND, [413] = GRPC_RESOURCE_EXHAUSTED,
-                       [503] = GRPC_UNAVAILABLE, [504] = GRPC_DEADLINE_EXCEEDED }
+local GRPC_DEADLINE_EXCEEDED, GRPC_PERMISSION_DENIED = 4, 7
+local HTTP_TO_GRPC = { [403] = GRPC_PERMISSION_DENIED, [404] = GRPC_NOT_FOUND,
+                       [413] = GRPC_RESOURCE_EXHAUSTED, [503] = GRPC_UNAVAILABLE,
+                       [504] = GRPC_DEADLINE_EXCEEDED }
 
 function _M.init(settings)
   conf = settings
 end
 
--- "host:port" of every replica in a table, split once per table for balance().
-local function endpoints_of(t)
-  local endpoints = {}
-  for _, p in pairs(t.predictors) do
-    for _, kind in ipairs({ "rest", "grpc" }) do
-      for _, addr in ipairs(p[kind]) do
-        local host, port = addr:match("^(.+):(%d+)$")
-        endpoints[addr] = { host, tonumber(port) }
+-- A routing table made safe to read: every field the request path uses has its type, whatever
+-- the JSON held (a JSON null decodes to cjson.null, a userdata that is truthy in Lua). Returns
+-- nil and the offending field when the table cannot be used at all.
+local function list_of_strings(v)
+  local out = {}
+  if type(v) == "table" then
+    for _, item in ipairs(v) do
+      if type(item) == "string" then out[#out + 1] = item end
+    end
+  end
+  return out
+end
+
+local function sanitised(t)
+  if type(t) ~= "table" then return nil, "the table is not a JSON object" end
+  if type(t.generation) ~= "number" then return nil, "generation must be a number" end
+  if type(t.predictors) ~= "table" then return nil, "predictors must be an object" end
+  local predictors, endpoints = {}, {}
+  for name, p in pairs(t.predictors) do
+    if type(name) == "string" and type(p) == "table" then
+      local entry = { version = type(p.version) == "string" and p.version or "-",
+                      pool = type(p.pool) == "string" and p.pool or name,
+                      replicas = tonumber(p.replicas) or 0,
+                      rest = list_of_strings(p.rest), grpc = list_of_strings(p.grpc) }
+      for _, kind in ipairs({ "rest", "grpc" }) do
+        for _, addr in ipairs(entry[kind]) do  -- split once per table for balance()
+          local host, port = addr:match("^(.+):(%d+)$")
+          if host then endpoints[addr] = { host, tonumber(port) } end
+        end
+      end
+      predictors[name] = entry
+    end
+  end
+  local weights, total = {}, 0
+  if type(t.weights) == "table" then
+    for _, w in ipairs(t.weights) do
+      if type(w) == "table" and predictors[w[1]] and type(w[2]) == "number" and w[2] > 0 then
+        weights[#weights + 1] = { w[1], w[2] }
+        total = total + w[2]
       end
     end
   end
-  return endpoints
+  return {
+    generation = t.generation,
+    predictors = predictors,
+    endpoints = endpoints,
+    weights = weights,
+    totalWeight = total,
+    stable = predictors[t.stable] and t.stable or nil,
+    fallback = t.fallback == true,
+    shadow = predictors[t.shadow] and t.shadow or nil,
+    mirrorPercent = type(t.mirrorPercent) == "number" and t.mirrorPercent or 0,
+  }
 end
 
 -- The routing table, decoded once per change (per worker).
 local function current()
   local gen = shared:get("generation")
   if gen ~= cached_gen then
-    local decoded = cjson.decode(shared:get("table") or "null")
+    local decoded = sanitised(cjson.decode(shared:get("table") or "null"))
     if decoded then
-      decoded.endpoints = endpoints_of(decoded)
       cached, cached_gen = decoded, decoded.generation
     end
   end
@@ -123,38 +165,93 @@ local function live(p, kind)
   return out
 end
 
-local function service_of(kind, uri)
-  if kind == "grpc" then
-    local method = uri:match("([^/]+)$") or ""
-    if method == "ModelInfer" then return "infer" end
-    if method:sub(-5) == "Ready" then return "ready" end
-    if method == "ServerLive" then return "live" end
-    return "metadata"
+-- Seldon Core v1.18.2's executor, protocol v2, serves exactly these REST routes (after the
+-- /seldon/<namespace>/<deployment> prefix, which Istio strips) and nothing else: no repository
+-- API (load/unload), no version paths. Matched on nginx's decoded, normalised $uri; what is
+-- forwarded is rebuilt from the matched parts, so what reaches MLServer is what was checked.
+local MODEL_NAME = "[%w][%w%._%-]*"
+local REST_ROUTES = {
+  { "^/v2/models/(" .. MODEL_NAME .. ")/infer$", "POST", "infer",
+    function(m) return "/v2/models/" .. m .. "/infer" end },
+  { "^/v2/models/infer$", "POST", "infer",
+    function() return "/v2/models/" .. conf.model .. "/infer" end },
+  { "^/v2/models/(" .. MODEL_NAME .. ")/ready$", "GET", "ready",
+    function(m) return "/v2/models/" .. m .. "/ready" end },
+  { "^/v2/models/(" .. MODEL_NAME .. ")$", "GET", "metadata",
+    function(m) return "/v2/models/" .. m end },
+  { "^/v2/health/ready$", "GET", "ready", function() return "/v2/health/ready" end },
+  { "^/v2/docs/?([%w%._%-/]*)$", "GET", "docs",
+    function(file) return file == "" and "/v2/docs" or "/v2/docs/" .. file end },
+}
+local SERVED = "POST /v2/models/<model>/infer, POST /v2/models/infer, " ..
+  "GET /v2/models/<model>/ready, GET /v2/models/<model>, GET /v2/health/ready, GET /v2/docs/, " ..
+  "GET /live, GET /ready, GET /prometheus"
+-- gRPC methods (the location in nginx.conf.j2 admits only these three)
+local GRPC_SERVICES = { ModelInfer = "infer", ModelReady = "ready", ModelMetadata = "metadata" }
+
+-- The route of a REST request: service name and upstream path, or an error answer.
+local function rest_route(kind)
+  local path = ngx.var.uri:sub(#conf.seldonPrefix + 1)
+  local method = ngx.req.get_method()
+  for _, route in ipairs(REST_ROUTES) do
+    local captured = path:match(route[1])  -- the model name, or the whole path if none
+    if captured then
+      if method ~= route[2] then
+        ngx.header["allow"] = route[2]
+        return reject(kind, 405, method .. " " .. path .. ": method not allowed; use " ..
+          route[2])
+      end
+      return route[3], route[4](captured)
+    end
   end
-  if uri:sub(-6) == "/infer" then return "infer" end
-  if uri:sub(-6) == "/ready" then return "ready" end
-  if uri:sub(-5) == "/live" then return "live" end
-  return "metadata"
+  return reject(kind, 404, "no route " .. path .. " under " .. conf.seldonPrefix ..
+    "; Seldon's executor serves " .. SERVED)
 end
 
--- access phase: choose the predictor and its replicas; decide whether to mirror.
+local function constant_time_equal(a, b)  -- a wrong token takes as long whatever it shares
+  if type(a) ~= "string" or #a ~= #b then return false end
+  local diff = 0
+  for i = 1, #b do diff = bit.bor(diff, bit.bxor(a:byte(i), b:byte(i))) end
+  return diff == 0
+end
+
+-- access phase: check the route, choose the predictor and its replicas; decide on mirroring.
 function _M.access(kind, sticky_key)
   local ctx = ngx.ctx
   local var = ngx.var
   -- Kept in nginx variables, not ngx.ctx: they must survive error_page's internal redirect.
   var.started = now()
-  local service = service_of(kind, var.uri)
+  local service
+  if kind == "grpc" then
+    service = GRPC_SERVICES[var.uri:match("([^/]+)$")]
+  else
+    local upstream_path
+    service, upstream_path = rest_route(kind)
+    var.upstream_path = upstream_path
+  end
   var.service = service
   local t = current()
   if not t then
     return reject(kind, 503, "the router has no routing table yet; retry shortly")
   end
-  local pin = ngx.var.http_x_seldon_predictor
+  local pin = var.http_x_seldon_predictor
   local name
   if pin and pin ~= "" then
+    -- Pinning bypasses the weights (and could aim a caller's bad requests at a candidate),
+    -- so it needs the router's pin token.
+    if not constant_time_equal(var.http_x_serving_pin_token, conf.pinToken) then
+      return reject(kind, 403, "x-seldon-predictor needs the header x-serving-pin-token with " ..
+        "the router's pin token (pinToken in the stack's state file, or $" ..
+        conf.pinTokenEnv .. " when the stack was started); without it, send no " ..
+        "x-seldon-predictor and the weights decide")
+    end
     if not t.predictors[pin] then
       return reject(kind, 404, "x-seldon-predictor: no predictor named '" .. pin ..
         "'; predictors are " .. names(t))
+    end
+    if pin == t.shadow and not conf.allowShadowPin then
+      return reject(kind, 403, "x-seldon-predictor: '" .. pin .. "' is the shadow, whose " ..
+        "answers never reach callers (router.allowShadowPin allows it)")
     end
     name = pin
   else
@@ -166,7 +263,7 @@ function _M.access(kind, sticky_key)
   local p = t.predictors[name]
   local peers = live(p, kind)
   local fallback_from
-  if #peers == 0 and not pin and t.fallback and name ~= t.stable then
+  if #peers == 0 and not pin and t.fallback and t.stable and name ~= t.stable then
     local stable = t.predictors[t.stable]
     local stable_peers = live(stable, kind)
     if #stable_peers > 0 then
@@ -266,8 +363,9 @@ local function grpc_code()
 end
 
 -- A mirrored pair that never reached the shadow worker: counted like the worker's own drops.
-local function handoff_dropped(shadow, n)
-  handoffs_dropped[shadow] = (handoffs_dropped[shadow] or 0) + (n or 1)
+local function handoff_dropped(shadow, reason)
+  local key = shadow .. " " .. reason
+  handoffs_dropped[key] = (handoffs_dropped[key] or 0) + 1
 end
 
 -- One write of `data` (a string or a table of strings) to a unix socket, the connection kept.
@@ -291,7 +389,7 @@ local function hand_over(premature)
   local frames, shadows = handoff_frames, handoff_shadows
   handoff_frames, handoff_shadows = {}, {}
   if not send_to(conf.shadowSocket, frames, conf.handoffTimeoutMs) then
-    for _, shadow in ipairs(shadows) do handoff_dropped(shadow) end
+    for _, shadow in ipairs(shadows) do handoff_dropped(shadow, "handoff_failed") end
   end
 end
 
@@ -316,12 +414,12 @@ function _M.log(kind)
   end
   if ctx.mirror and not ctx.error and ctx.parts then
     if #handoff_shadows >= conf.maxHandoffs then
-      handoff_dropped(ctx.mirror)
+      handoff_dropped(ctx.mirror, "handoff_limit")
       return
     end
     local request = ctx.request_body or ""
     local response = table.concat(ctx.parts)
-    local path = kind == "grpc" and var.uri or var.tail
+    local path = kind == "grpc" and var.uri or var.upstream_path
     local frames = handoff_frames
     frames[#frames + 1] = table.concat({ kind, ctx.mirror, name, path, code, #request,
       #response }, " ") .. "\n"
@@ -340,8 +438,9 @@ local function flush(premature)
     batch[#batch + 1] = "#dropped " .. log_dropped
     log_dropped = 0
   end
-  for shadow, n in pairs(handoffs_dropped) do
-    batch[#batch + 1] = "#shadow " .. shadow .. " dropped " .. n
+  for key, n in pairs(handoffs_dropped) do
+    local shadow, reason = key:match("^(%S+) (%S+)$")
+    batch[#batch + 1] = "#shadow " .. shadow .. " dropped " .. n .. " " .. reason
   end
   handoffs_dropped = {}
   local ok, err = send_to(conf.telemetrySocket, table.concat(batch, "\n") .. "\n", 1000)
@@ -364,17 +463,59 @@ function _M.reject_grpc_metadata(deployment, namespace)
 end
 
 function _M.reject_unimplemented()
-  return grpc_status(12, "only inference.GRPCInferenceService is served")
+  return grpc_status(12, "not implemented: Seldon's executor serves only " ..
+    "inference.GRPCInferenceService/ModelInfer, ModelReady and ModelMetadata")
+end
+
+-- GET <prefix>/live and /ready, which Seldon's executor answers itself: live while the router
+-- runs; ready while every predictor with traffic has a live replica.
+function _M.probe(which)
+  if which == "ready" then
+    local t = current()
+    local missing = not t and "the router has no routing table yet" or nil
+    for _, entry in ipairs(t and t.weights or {}) do
+      if #live(t.predictors[entry[1]], "rest") == 0 then
+        missing = "predictor '" .. entry[1] .. "' has no live replica"
+      end
+    end
+    if missing then return reject("rest", 503, missing) end
+  end
+  ngx.header["content-type"] = "application/json"
+  ngx.say('{"status": "ok"}')
+end
+
+-- error_page target for errors nginx makes itself (bad framing, oversized headers or URI,
+-- a method nginx refuses): JSON like the router's other errors.
+local NGINX_ERRORS = {
+  [400] = "bad request: the request line, a header or the body framing is malformed, or a " ..
+    "header line is above 8 KB (nginx's large_client_header_buffers)",
+  [405] = "method not allowed",
+  [413] = "request body too large",
+  [414] = "request URI too long",
+  [494] = "request headers too large",
+  [500] = "internal error in the router",
+  [502] = "no replica could be reached",
+  [503] = "service unavailable",
+  [504] = "the upstream did not answer in time",
+}
+function _M.nginx_error()
+  local status = ngx.status
+  local message = NGINX_ERRORS[status] or ("error " .. status)
+  if status == 494 then status = 400 end  -- nginx's internal code for oversized headers
+  ngx.status = status
+  ngx.header["content-type"] = "application/json"
+  ngx.print(cjson.encode({ error = message }))
+  return ngx.exit(status)
 end
 
 -- PUT /table on the control socket: the control process installs a new routing table.
 function _M.put_table()
   ngx.req.read_body()
   local body = ngx.req.get_body_data()
-  local t = body and cjson.decode(body)
-  if type(t) ~= "table" or type(t.generation) ~= "number" or type(t.predictors) ~= "table" then
+  local t, problem = sanitised(body and cjson.decode(body))
+  if not t then
     ngx.status = 400
-    ngx.say("expected a routing table as JSON")
+    ngx.say("expected a routing table as JSON: " .. problem)
     return ngx.exit(400)
   end
   shared:set("table", body)
