@@ -5,10 +5,13 @@
     PUT  /admin/predictors  {"predictors": [ ...spec predictors... ]}   Authorization: Bearer <token>
 
 Changes are validated with the same rules as the spec; a refused change leaves routing untouched.
+A wrong or missing token is answered only after FAILED_ATTEMPT_DELAY seconds, one failed attempt
+at a time (so at most one guess a second, whoever sends them); the right token never waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from typing import TYPE_CHECKING, Any
@@ -22,9 +25,17 @@ if TYPE_CHECKING:
     from .stack import LocalStack
 
 
+#: seconds before a refused attempt is answered; refused attempts are answered one at a time
+FAILED_ATTEMPT_DELAY = 1.0
+#: refused attempts waiting for their answer beyond which new ones get 429 at once
+MAX_WAITING_FAILURES = 8
+
+
 class AdminApi:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
+        self._failures = asyncio.Lock()
+        self._waiting_failures = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -33,7 +44,23 @@ class AdminApi:
             web.put("/admin/predictors", self.predictors),
         ]
 
-    def _authorised(self, request: web.Request) -> web.Response | None:
+    async def _authorised(self, request: web.Request) -> web.Response | None:
+        refused = self._check_token(request)
+        if refused is None:
+            return None
+        if self._waiting_failures >= MAX_WAITING_FAILURES:
+            return web.json_response(
+                {"error": "too many refused admin attempts; retry later"}, status=429,
+                headers={"retry-after": str(int(FAILED_ATTEMPT_DELAY * MAX_WAITING_FAILURES))})
+        self._waiting_failures += 1
+        try:
+            async with self._failures:  # one refused attempt per FAILED_ATTEMPT_DELAY
+                await asyncio.sleep(FAILED_ATTEMPT_DELAY)
+        finally:
+            self._waiting_failures -= 1
+        return refused
+
+    def _check_token(self, request: web.Request) -> web.Response | None:
         expected = self.stack.admin_token
         if not expected:
             return json_error(
@@ -65,7 +92,7 @@ class AdminApi:
         return web.json_response(self.stack.core.status())
 
     async def traffic(self, request: web.Request) -> web.Response:
-        if (denied := self._authorised(request)) is not None:
+        if (denied := await self._authorised(request)) is not None:
             return denied
         try:
             body = await self._json(request)
@@ -81,7 +108,7 @@ class AdminApi:
         return web.json_response(routes)
 
     async def predictors(self, request: web.Request) -> web.Response:
-        if (denied := self._authorised(request)) is not None:
+        if (denied := await self._authorised(request)) is not None:
             return denied
         try:
             body = await self._json(request)

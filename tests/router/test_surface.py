@@ -4,6 +4,7 @@ Real MLServer processes behind the real router (the `stack` fixture)."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 import string
@@ -186,3 +187,28 @@ def test_every_mirrored_request_with_odd_bytes_in_its_query_is_compared_or_count
         time.sleep(0.2)
     assert accounted() == before + n
     assert stack.status()["shadow"]["worker"]["pid"] == worker_pid
+
+
+def test_wrong_admin_tokens_are_answered_slowly_one_at_a_time_the_right_one_at_once(
+        stack: Stack) -> None:
+    url = stack.state["restUrl"] + "/admin/traffic"
+    body = {"weights": {"stable": 90, "canary": 10}}
+
+    async def guesses(n: int) -> list[tuple[int, float]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            async def guess(i: int) -> tuple[int, float]:
+                resp = await client.put(url, json=body,
+                                        headers={"authorization": f"Bearer guess{i}"})
+                return resp.status_code, time.monotonic()
+            return await asyncio.gather(*(guess(i) for i in range(n)))
+
+    started = time.monotonic()
+    results = asyncio.run(guesses(12))
+    refused = sorted(t - started for code, t in results if code == 403)
+    # serialised, a second each: 12 guesses cannot be answered in under ~8 s, and the ones past
+    # the waiting limit get 429 at once
+    assert len(refused) >= 8 and refused[-1] >= 0.9 * len(refused)
+    assert {code for code, _ in results} <= {403, 429}
+    t0 = time.monotonic()
+    assert stack.admin.put("/admin/traffic", json=body).status_code == 200
+    assert time.monotonic() - t0 < 0.9
