@@ -3,8 +3,8 @@
 - built-in kinds against the official Kubernetes OpenAPI schemas (kubernetes-validate, strict: an
   unknown field is an error, as with `kubectl apply --validate=strict`);
 - the SeldonDeployment against the upstream CRD's openAPIV3Schema (read from ../shared/reference),
-  made strict the way the API server's fieldValidation=Strict is, plus the operator webhook's
-  traffic rules (serving.spec.seldon_rule_violations);
+  made strict the way the API server's fieldValidation=Strict is, plus every rule of the
+  operator's admission webhook (serving.k8s.webhook_rules) and our traffic range 0..100;
 - ServiceMonitor / PodMonitor: prometheus-operator CRDs that neither ships, so they are checked
   against the subset of monitoring.coreos.com/v1 this chart emits (MONITOR_SCHEMAS), and their
   metadata against the official ObjectMeta.
@@ -25,8 +25,8 @@ import kubernetes_validate
 import yaml
 
 from ..errors import SpecError
-from ..spec import Predictor, Server, load_spec, seldon_rule_violations
-from . import chart
+from ..spec import load_spec
+from . import chart, webhook_rules
 from .errors import ManifestInvalid
 
 CRD_FILE = "seldondeployments.machinelearning.seldon.io.crd.yaml"
@@ -191,26 +191,16 @@ def _metadata_problems(obj: dict[str, Any], kube_version: str) -> list[str]:
 
 
 def _seldon_rule_problems(obj: dict[str, Any]) -> list[str]:
-    problems: list[str] = []
-    predictors = []
-    for i, p in enumerate((obj.get("spec") or {}).get("predictors") or []):
-        graph = p.get("graph") or {}
-        traffic = p.get("traffic", 0)
-        if not 0 <= traffic <= 100:
-            problems.append(f"spec.predictors[{i}].traffic: {traffic} is outside 0..100")
-        predictors.append(
-            Predictor.model_construct(
-                name=p.get("name", ""),
-                version=(p.get("labels") or {}).get("version", ""),
-                traffic=traffic,
-                shadow=bool(p.get("shadow", False)),
-                server=Server.SKLEARN_SERVER
-                if graph.get("implementation") == Server.SKLEARN_SERVER
-                else Server.CUSTOM,
-                model_uri=graph.get("modelUri", ""),
-            )
-        )
-    return problems + [f"Seldon rule: {m}" for m in seldon_rule_violations(predictors)]
+    """The operator webhook's rules, then ours: a non-shadow predictor's traffic is a percentage
+    (the CRD allows any int32 and the webhook any sum of 100, such as 150 + -50; the ingress does
+    not). A shadow's range is the webhook's own rule."""
+    problems = [str(v) for v in webhook_rules.violations(obj)]
+    d = webhook_rules.Sdep(obj)
+    for i, p in enumerate(d.predictors):
+        if not d.shadow(p) and not 0 <= d.traffic(p) <= 100:
+            problems.append(f"spec.predictors[{i}].traffic: {d.traffic(p)} is outside 0..100; "
+                            "a predictor's traffic is a percentage of requests")
+    return problems
 
 
 def object_problems(obj: dict[str, Any], kube_version: str = chart.KUBE_VERSION) -> list[str]:
@@ -246,7 +236,10 @@ def check_objects(
     kinds = {o.get("kind") for o in objects}
     if "SeldonDeployment" in kinds:
         checks.append(f"SeldonDeployment CRD openAPIV3Schema (strict) from {crd_path()}")
-        checks.append("Seldon operator traffic rules")
+        checks.append(
+            f"Seldon operator webhook rules (ValidateSeldonDeployment, v1.18.2: "
+            f"{len(webhook_rules.RULES)} rules) and traffic 0..100"
+        )
     if kinds & set(MONITOR_SCHEMAS):
         checks.append(
             "ServiceMonitor/PodMonitor: the monitoring.coreos.com/v1 fields the chart uses"

@@ -26,7 +26,7 @@ def test_the_chart_values_pass_every_engine(needs_crd: Path) -> None:
         "helm lint --strict",
         "OpenAPI schemas",
         "SeldonDeployment CRD openAPIV3Schema",
-        "Seldon operator traffic rules",
+        "Seldon operator webhook rules (ValidateSeldonDeployment, v1.18.2",
     ):
         assert check in result.output
 
@@ -61,7 +61,29 @@ def test_a_manifest_with_an_unknown_field_is_refused_naming_the_path(
         "SeldonDeployment/breast-cancer: spec.predictors[0].graph: unknown field(s) ['modelURI']"
         in result.output
     )
-    assert "Seldon rule: predictors[].traffic: non-shadow traffic must sum to 100" in result.output
+    assert (
+        "SeldonDeployment/breast-cancer: spec.predictors[].traffic: the Seldon operator webhook "
+        'refuses it (spec: Invalid value: "stable": Traffic must sum to 100 for multiple '
+        "predictors); non-shadow traffic is stable 90 + canary 20 = 110" in result.output
+    )
+
+
+def test_a_manifest_the_operator_webhook_refuses_is_refused_in_its_words(
+    tmp_path: Path, needs_crd: Path
+) -> None:
+    docs = [d for d in yaml.safe_load_all(manifests.MANIFESTS_DIR.joinpath(
+        manifests.MANIFEST_FILE).read_text()) if d]
+    sdep = next(d for d in docs if d["kind"] == "SeldonDeployment")
+    sdep["spec"]["protocol"] = "v9"
+    path = tmp_path / "v9.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    result = run(str(path))
+    assert result.exit_code == 2, result.output
+    assert (
+        "SeldonDeployment/breast-cancer: spec.protocol: the Seldon operator webhook refuses it "
+        '(spec: Invalid value: "v9": Invalid protocol); set it to one of seldon, tensorflow, '
+        "kfserving, v2" in result.output
+    )
 
 
 def test_a_broken_built_in_object_is_refused(tmp_path: Path) -> None:
