@@ -12,6 +12,7 @@ A shadow's `traffic` is the percentage of requests mirrored to it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -284,6 +285,17 @@ class Spec(_Values):
         if len(primaries) == 1:
             return {primaries[0].name: 100}
         return {p.name: p.traffic for p in primaries}
+
+
+def stable_predictor(predictors: Iterable[Predictor]) -> Predictor:
+    """The stable predictor, the one definition everything uses (the router's fallback, where a
+    rollout starts from and returns to): the non-shadow predictor named 'stable', else the
+    non-shadow predictor with the most traffic (the first of equals)."""
+    primaries = [p for p in predictors if not p.shadow]
+    if not primaries:
+        raise SpecError("no stable predictor: every predictor is a shadow; add a non-shadow one")
+    named = next((p for p in primaries if p.name == "stable"), None)
+    return named or max(primaries, key=lambda p: p.traffic)
 
 
 def seldon_rule_violations(predictors: list[Predictor]) -> list[str]:

@@ -15,7 +15,7 @@ import click
 
 from ..cli_common import DEFAULT_STATE_DIR, DEFAULT_VALUES, friendly_errors
 from ..errors import ServingError
-from ..spec import Predictor, load_spec
+from ..spec import load_spec, stable_predictor
 from .backends import TrafficBackend
 from .controller import Controller, desired_predictors, resume
 from .metrics_source import MetricsSource, PrometheusSource, RouterMetricsSource
@@ -80,12 +80,6 @@ def _load(target: Target) -> RolloutStatus:
     return status
 
 
-def stable_of(predictors: list[Predictor]) -> Predictor:
-    primaries = [p for p in predictors if not p.shadow]
-    named = [p for p in primaries if p.name == "stable"]
-    return named[0] if named else max(primaries, key=lambda p: p.traffic)
-
-
 def begin(target: Target, version: str, env: dict[str, str] | None = None) -> RolloutStatus:
     """Record a new rollout of `version` (the controller then drives it)."""
     existing = target.store.load()
@@ -93,7 +87,7 @@ def begin(target: Target, version: str, env: dict[str, str] | None = None) -> Ro
         raise ServingError(f"a rollout of {existing.candidate} is {existing.phase}; finish it "
                            "with 'serving rollout promote' or 'abort' first")
     predictors = target.backend.get_predictors()
-    stable = stable_of(predictors)
+    stable = stable_predictor(predictors)
     if stable.version == version:
         raise ServingError(f"{version} is already the stable version")
     shadow = next((p for p in predictors if p.shadow

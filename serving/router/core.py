@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..spec import Predictor, Spec
+from ..spec import Predictor, Spec, stable_predictor
 from .metrics import RouterMetrics
 from .replicas import PredictorPool
 from .shadow import ShadowLedger
@@ -30,9 +30,8 @@ class RouterState:
 
     @property
     def stable(self) -> str:
-        """The predictor that fallbacks go to: the one named 'stable', else the first primary."""
-        primaries = [p.name for p in self.predictors if not p.shadow]
-        return "stable" if "stable" in primaries else primaries[0]
+        """The predictor that fallbacks go to: serving.spec.stable_predictor."""
+        return stable_predictor(self.predictors).name
 
 
 class RouterCore:
