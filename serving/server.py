@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,92 @@ def child_setup(niceness: int) -> Callable[[], None]:
     return setup
 
 
+def child_env(hidden: Iterable[str] = (), extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a child process, without the variables named in `hidden`
+    (credentials such as the admin token, which no child needs), plus `extra`."""
+    drop = set(hidden)
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(extra or {})
+    return env
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat after the command name: [state, ppid, pgrp, session, ...] (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_start_time(pid: int) -> int | None:
+    """When the process started (clock ticks since boot): with the pid, names one process even
+    after the pid is reused. None when it is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def group_members(pgid: int) -> list[int]:
+    """The running processes of a process group (zombies excluded)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        fields = _stat_fields(int(entry.name)) if entry.name.isdigit() else None
+        if fields is not None and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def kill_group(pgid: int, timeout: float = 5.0) -> None:
+    """SIGKILL a process group and wait (up to `timeout`) until none of it runs. Works when its
+    leader is gone and its other members (an nginx master's workers) were orphaned."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def listener_on(host: str, port: int) -> str | None:
+    """Who listens on host:port: None when nobody does, else the process(es) if this user can see
+    them ("pid 123 (nginx: worker process)"). nginx listens with `reuseport`, so it would share a
+    port another process holds instead of failing: ask before starting it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers are fine
+        try:
+            s.bind((host, port))
+            return None
+        except OSError as e:
+            if e.errno != errno.EADDRINUSE:
+                raise
+    return _socket_holders(port) or "a process this user cannot see"
+
+
+def _socket_holders(port: int) -> str | None:
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(f"socket:[{fields[9]}]")
+    holders = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and inodes & _fd_targets(entry):
+            with contextlib.suppress(OSError):
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                holders.append(f"pid {entry.name} ({command[:80]})")
+    return ", ".join(holders) or None
+
+
+def _fd_targets(proc: Path) -> set[str]:
+    targets = set()
+    with contextlib.suppress(OSError):  # not this user's, or gone
+        for fd in (proc / "fd").iterdir():
+            with contextlib.suppress(OSError):  # closed meanwhile (the listing's own, say)
+                targets.add(os.readlink(fd))
+    return targets
+
+
 def _ephemeral_low() -> int:
     """The lowest port the kernel gives outgoing connections (Linux; 32768 elsewhere)."""
     try:
@@ -138,6 +225,11 @@ class MLServerProcess:
     settings: ServerSettings
     extra_env: dict[str, str] = field(default_factory=dict)
     log_path: Path | None = None
+    hidden_env: tuple[str, ...] = ()
+    """Variables of this process's environment the server must not inherit (credentials)."""
+    temp_root: Path | None = None
+    """Where its working folder goes (default: the system's temp folder); the local stack puts
+    it in its run folder, so that 'serving down' after a crash can remove it."""
     process: subprocess.Popen[bytes] | None = None
     _workdir: Path | None = None
 
@@ -151,9 +243,9 @@ class MLServerProcess:
 
     def start(self) -> MLServerProcess:
         # Each process gets its own metrics dir (MLServer's default is the working directory).
-        self._workdir = Path(tempfile.mkdtemp(prefix="mlserver-"))
+        self._workdir = Path(tempfile.mkdtemp(prefix="mlserver-", dir=self.temp_root))
         s = self.settings
-        env = dict(os.environ)
+        env = child_env(self.hidden_env)
         # `mlserver start DIR` makes DIR the model repository, so settings go through MLServer's
         # own environment variables rather than a settings.json inside the models folder.
         env.update(

@@ -20,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import httpx
 import jinja2
 
 from ..errors import ServingError
-from ..server import child_setup
+from ..server import child_env, child_setup, kill_group, listener_on
 from ..spec import Spec
 
 LUA_DIR = Path(__file__).parent / "lua"
@@ -110,19 +111,34 @@ def render_config(spec: Spec, rest_port: int, grpc_port: int, prefix: Path, sock
 
 
 class Nginx:
-    """One nginx master (and its worker) for the stack, stopped with it."""
+    """One nginx master (and its worker) for the stack, stopped with it. The master runs in a
+    process group of its own: when it dies, its workers (orphaned, still holding the ports with
+    `reuseport` and routing by a stale table) are ended with their group before a new master
+    starts, and nginx never starts on a port another process listens on."""
 
-    def __init__(self, config: str, prefix: Path, sockets: Sockets) -> None:
+    def __init__(self, config: str, prefix: Path, sockets: Sockets,
+                 listen: Sequence[tuple[str, int]] = (), hidden_env: Sequence[str] = ()) -> None:
         self.prefix = prefix
         self.sockets = sockets
         self.config_path = prefix / "nginx.conf"
         self.config = config
+        self.listen = tuple(listen)
+        """The (host, port) pairs the config listens on: checked free before every start."""
+        self.hidden_env = tuple(hidden_env)
         self.process: subprocess.Popen[bytes] | None = None
+        self._group_ended = False  # once ended, its id may be reused: never signal it again
         self._client = httpx.Client(transport=httpx.HTTPTransport(uds=str(sockets.table)),
                                     base_url="http://nginx", timeout=5)
 
     def start(self, timeout: float = 10.0) -> None:
         executable = nginx_executable()
+        self._end_group()  # what is left of a previous master: its orphaned workers
+        for host, port in self.listen:
+            if (holder := listener_on(host, port)) is not None:
+                raise ServingError(
+                    f"port {port} on {host} is already in use by {holder}: not starting nginx "
+                    "there (it listens with reuseport, so it would share the port and callers "
+                    "would reach that process too); stop it or choose another port")
         for sub in ("tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
             (self.prefix / sub).mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(self.config)
@@ -132,11 +148,13 @@ class Nginx:
             raise ServingError(f"nginx refused its config {self.config_path}: "
                                f"{check.stderr.strip()}")
         # Dies with the control process (PR_SET_PDEATHSIG), like the model servers; its own
-        # process group, so that stop() can end the master and its worker together.
+        # process group, so that its workers are ended with it (stop(), _end_group()).
         with contextlib.suppress(FileNotFoundError):
             self.sockets.table.unlink()  # left by an nginx that was killed
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                        env=child_env(self.hidden_env),
                                         preexec_fn=child_setup(0), process_group=0)
+        self._group_ended = False
         deadline = time.monotonic() + timeout
         while not self.sockets.table.exists():
             if self.process.poll() is not None:
@@ -145,6 +163,15 @@ class Nginx:
             if time.monotonic() > deadline:
                 raise ServingError(f"nginx did not start within {timeout:g}s")
             time.sleep(0.02)
+
+    def _end_group(self) -> None:
+        """SIGKILL the previous master's process group (the master and every worker, orphaned
+        or not) and wait until none of it runs."""
+        if self.process is None or self._group_ended:
+            return
+        kill_group(self.process.pid)
+        self.process.wait()
+        self._group_ended = True
 
     def push_table(self, table: dict[str, Any]) -> None:
         resp = self._client.put("/table", content=json.dumps(table))
@@ -163,7 +190,7 @@ class Nginx:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, grace: float = 5.0) -> None:
-        """Graceful (SIGQUIT: finish requests in flight), then SIGKILL to master and worker."""
+        """Graceful (SIGQUIT: finish requests in flight), then SIGKILL to master and workers."""
         self._client.close()
         if self.process is None:
             return
@@ -171,6 +198,4 @@ class Nginx:
             self.process.send_signal(signal.SIGQUIT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(grace)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)  # a worker that outlived its master
-        self.process.wait()
+        self._end_group()  # a worker that outlived its master

@@ -79,9 +79,11 @@ def same_deployment(a: Predictor, b: Predictor) -> bool:
 
 
 async def start_pool(
-    predictor: Predictor, models_root: Path, model: str, log_dir: Path, settings: ServerSettings
+    predictor: Predictor, models_root: Path, model: str, log_dir: Path, settings: ServerSettings,
+    hidden_env: tuple[str, ...] = (), temp_root: Path | None = None,
 ) -> PredictorPool:
-    """Start every replica of a predictor and wait until each has loaded the model."""
+    """Start every replica of a predictor and wait until each has loaded the model. The
+    servers' environment lacks `hidden_env`; their working folders go under `temp_root`."""
     root = version_dir(models_root, model, predictor.version)
     replicas = []
     for i in range(predictor.replicas):
@@ -95,6 +97,8 @@ async def start_pool(
             server_settings,
             extra_env=dict(predictor.env),
             log_path=log_dir / f"{predictor.name}-{i}.log",
+            hidden_env=hidden_env,
+            temp_root=temp_root,
         )
         replicas.append(Replica(predictor.name, predictor.version, i, server))
     pool = PredictorPool(predictor, replicas)

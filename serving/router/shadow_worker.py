@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from ..errors import ServingError
-from ..server import child_setup
+from ..server import child_env, child_setup
 from ..spec import Shadowing
 from .compare import Comparison
 from .shadow import HandoffConnection, HandoffReceiver, Mirror
@@ -141,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
 class ShadowWorker:
     """The control process's handle on the worker process."""
 
-    def __init__(self, socket: Path, telemetry: Path, settings: Shadowing) -> None:
+    def __init__(self, socket: Path, telemetry: Path, settings: Shadowing,
+                 hidden_env: tuple[str, ...] = ()) -> None:
         self.socket = socket
+        self.hidden_env = hidden_env
+        """Variables of this process's environment the worker must not inherit (credentials)."""
         self.command = [sys.executable, "-m", "serving.router.shadow_worker",
                         "--socket", str(socket), "--telemetry", str(telemetry),
                         "--max-in-flight", str(settings.max_in_flight),
@@ -164,8 +167,11 @@ class ShadowWorker:
         if self.process is not None:
             self.restarts += 1
         # It moves itself to the idle CPU class once it listens (see serve()).
+        # Its own process group, like nginx and the model servers: 'serving down' after a
+        # crash ends each leftover group without touching the one 'serving up' ran in.
         self.process = subprocess.Popen(self.command, stdin=subprocess.DEVNULL,
-                                        preexec_fn=child_setup(0))
+                                        env=child_env(self.hidden_env),
+                                        preexec_fn=child_setup(0), process_group=0)
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.process.poll() is not None:

@@ -28,7 +28,7 @@ import httpx
 from aiohttp import web
 
 from ..errors import ServingError
-from ..server import ServerSettings, free_port
+from ..server import ServerSettings, free_port, listener_on
 from ..spec import Predictor, Spec, parse_spec, spec_to_values
 from .admin import AdminApi
 from .control_api import ControlApi
@@ -60,6 +60,8 @@ class LocalStack:
         self.admin_token = os.environ.get(spec.router.admin_token_env) or secrets.token_urlsafe(24)
         # What callers send in x-serving-pin-token to pin a predictor (lua/router.lua).
         self.pin_token = os.environ.get(spec.router.pin_token_env) or secrets.token_urlsafe(24)
+        # No child process needs the tokens: they start without them in their environment.
+        self.hidden_env = (spec.router.admin_token_env, spec.router.pin_token_env)
         self.core: RouterCore
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -73,10 +75,17 @@ class LocalStack:
     # -- lifecycle ------------------------------------------------------------------------------
     async def _start_pool(self, predictor: Predictor) -> PredictorPool:
         return await start_pool(
-            predictor, self.models_root, self.spec.model.name, self.log_dir, self.server_settings
+            predictor, self.models_root, self.spec.model.name, self.log_dir, self.server_settings,
+            hidden_env=self.hidden_env,
         )
 
     async def run(self) -> None:
+        rs = self.spec.router
+        for port in (rs.port, rs.grpc_port):  # 0: a free one is chosen
+            if port and (holder := listener_on(rs.host, port)) is not None:
+                raise ServingError(f"port {port} on {rs.host} is already in use by {holder}; "
+                                   "stop it, or choose other ports (router.port, "
+                                   "router.grpcPort; 'serving up --port/--grpc-port')")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         pools_list = await asyncio.gather(
             *(self._start_pool(p) for p in self.spec.predictors), return_exceptions=True
@@ -87,7 +96,6 @@ class LocalStack:
             await asyncio.gather(*(stop_pool(p) for p in started))
             raise failed[0]
         self.core = RouterCore(self.spec, {p.name: p for p in started})
-        rs = self.spec.router
         # Unix socket paths are limited to 108 bytes: keep them short, whatever the state dir.
         run_dir = Path(tempfile.mkdtemp(prefix="serving-"))
         sockets = Sockets(run_dir)
@@ -102,14 +110,17 @@ class LocalStack:
             await web.UnixSite(runner, str(sockets.control)).start()
             telemetry = TelemetryReceiver(self.core.metrics, self.core.shadow)
             servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
-            self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry, rs.shadow)
+            self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry, rs.shadow,
+                                              hidden_env=self.hidden_env)
             await self.shadow_worker.start()
             self.core.shadow_worker_status = self.shadow_worker.status
 
             rest_port, grpc_port = rs.port or free_port(), rs.grpc_port or free_port()
             config = render_config(self.spec, rest_port, grpc_port, run_dir, sockets,
                                    self.log_dir.resolve() / "nginx-error.log", self.pin_token)
-            self.nginx = Nginx(config, run_dir, sockets)
+            self.nginx = Nginx(config, run_dir, sockets,
+                               listen=[(rs.host, rest_port), (rs.host, grpc_port)],
+                               hidden_env=self.hidden_env)
             await asyncio.to_thread(self.nginx.start)
             await self._publish()
 
