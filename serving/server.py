@@ -232,6 +232,7 @@ class MLServerProcess:
     it in its run folder, so that 'serving down' after a crash can remove it."""
     process: subprocess.Popen[bytes] | None = None
     _workdir: Path | None = None
+    _log_start: int = 0
 
     @property
     def rest_url(self) -> str:
@@ -265,6 +266,7 @@ class MLServerProcess:
         )
         env.update(self.extra_env)
         log = self.log_path.open("ab") if self.log_path else subprocess.DEVNULL
+        self._log_start = self.log_path.stat().st_size if self.log_path else 0  # this run's
         self.process = subprocess.Popen(
             [mlserver_executable(), "start", str(self.model_root.resolve())],
             env=env,
@@ -274,6 +276,17 @@ class MLServerProcess:
             preexec_fn=child_setup(s.niceness),
         )
         return self
+
+    def recent_log(self, limit: int = 65536) -> str:
+        """What the latest process wrote to its log (its last `limit` bytes at most)."""
+        if self.log_path is None:
+            return ""
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(max(self._log_start, f.seek(0, os.SEEK_END) - limit))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def wait_ready(self, models: list[str] | None = None, timeout: float = 60.0) -> None:
         """Wait for server ready and, since MLServer is ready with no model loaded, each model."""

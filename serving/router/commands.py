@@ -16,7 +16,7 @@ from ..cli_common import DEFAULT_STATE_DIR, DEFAULT_VALUES, friendly_errors
 from ..errors import ServingError
 from ..server import ServerSettings
 from ..spec import load_spec
-from .stack import pid_alive, read_state, run_stack
+from .stack import end_leftovers, pid_alive, read_state, run_stack, stack_running
 
 
 @click.command()
@@ -65,15 +65,18 @@ def up(
         spec = spec.model_copy(update={"router": spec.router.model_copy(update=overrides)})
     state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        existing = read_state(state_dir)
-        if pid_alive(int(existing["pid"])):
+        existing: dict[str, Any] | None = read_state(state_dir)
+    except ServingError:
+        existing = None
+    if existing is not None:
+        if stack_running(existing):
             raise ServingError(
                 f"a local stack is already running (pid {existing['pid']}); "
                 "stop it with 'serving down'"
             )
-    except ServingError as e:
-        if "already running" in e.message:
-            raise
+        if done := end_leftovers(existing):  # its control process died without stopping them
+            click.echo(f"cleaned up after the stack (pid {existing['pid']}) that was not "
+                       f"stopped: {'; '.join(done)}")
     root = Path(models_root or spec.model.local_repository)
     settings = ServerSettings.mlserver_defaults() if defaults else ServerSettings.tuned()
     run_stack(spec, root, state_dir, settings)
@@ -85,12 +88,15 @@ def up(
 )
 @friendly_errors
 def down(state_dir: Path) -> None:
-    """Stop the local stack started by 'serving up'."""
+    """Stop the local stack started by 'serving up' (or clean up after one that crashed)."""
     state = read_state(state_dir)
     pid = int(state["pid"])
-    if not pid_alive(pid):
+    if not stack_running(state):
+        # Its control process died without stopping the others: end what it left, by the state.
+        done = end_leftovers(state)
         (state_dir / "stack.json").unlink(missing_ok=True)
-        click.echo(f"stack (pid {pid}) was not running; cleaned up its state file")
+        click.echo(f"stack (pid {pid}) was not running; cleaned up its state file"
+                   + "".join(f"\n  {d}" for d in done))
         return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + 30
@@ -98,7 +104,20 @@ def down(state_dir: Path) -> None:
         time.sleep(0.2)
     if pid_alive(pid):
         raise ServingError(f"stack (pid {pid}) did not stop within 30s; kill it with kill {pid}")
-    click.echo(f"stopped the local stack (pid {pid})")
+    done = end_leftovers(state)  # nothing, unless its shutdown was cut short
+    click.echo(f"stopped the local stack (pid {pid})" + "".join(f"\n  {d}" for d in done))
+
+
+def replica_problem(replica: dict[str, Any]) -> str | None:
+    """One line on a replica that is not live: what it waits for and why it last exited."""
+    if replica["alive"]:
+        return None
+    due = replica.get("restartInSeconds")
+    state = (f"restarting in {due:g}s" if due else "restarting" if due is not None
+             else f"out of rotation ({replica['failedChecks']} failed health checks)"
+             if replica.get("failedChecks") else "starting")
+    last = replica.get("lastExit")
+    return f"{replica['name']}: {state}" + (f"; last exit: {last}" if last else "")
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -119,6 +138,7 @@ def format_status(status: dict[str, Any]) -> str:
             f"{p['name']:<10} {p['version']:<8} {traffic:<16} {health:<12} "
             f"{c['requests']:>9} {c['errors']:>7}"
         )
+        lines += [f"  {line}" for r in p["replicas"] if (line := replica_problem(r))]
     shadow = status["shadow"]
     agreement = shadow["agreement"]
     if any(p["shadow"] for p in status["predictors"]):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
+import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,40 @@ logger = logging.getLogger("serving.router")
 SHADOW_NICENESS = 19
 _pool_ids = itertools.count(1)
 
+# Restarts of a replica that keeps crashing (a refused artifact, say) wait BACKOFF_FIRST seconds,
+# doubling up to BACKOFF_MAX; the first crash after BACKOFF_RESET seconds of serving restarts it
+# at once.
+BACKOFF_FIRST = 1.0
+BACKOFF_MAX = 60.0
+BACKOFF_RESET = 30.0
+
+
+@dataclass(frozen=True)
+class HealthPolicy:
+    """The control process's active health check of a replica (GET /v2/models/<model>/ready),
+    like a Kubernetes readiness and liveness probe in one."""
+
+    interval: float
+    """Seconds between the starts of two checks."""
+    timeout: float
+    """A check not answered within this fails."""
+    failures: int
+    """Failed checks in a row that take the replica out of the routing table (a 200 brings it
+    back)."""
+    kill_after: float
+    """Out of rotation and no answer at all for this long: hung. It is killed, so that nginx
+    retries the requests it holds on another replica (`proxy_next_upstream error`), and
+    restarted."""
+
+
+PRIMARY_HEALTH = HealthPolicy(interval=0.5, timeout=0.5, failures=2, kill_after=1.5)
+"""A hung replica is out of rotation within 1.5 s (the worst case: it hangs just after a check
+answered; the next one starts 0.5 s later and times out, the one after that too), and no request
+waits on it longer than about 1.5 s before going to another replica."""
+SHADOW_HEALTH = HealthPolicy(interval=1.0, timeout=5.0, failures=3, kill_after=60.0)
+"""Shadows run in the idle CPU class, which a busy machine can starve for seconds, and no caller
+waits on them: only a long silence takes them out."""
+
 
 @dataclass
 class Replica:
@@ -27,6 +64,20 @@ class Replica:
     server: MLServerProcess
     alive: bool = False
     restarts: int = 0
+    crashes: int = 0
+    """Crashes in a row, without BACKOFF_RESET seconds of serving in between."""
+    ready_since: float | None = None
+    """When it last became ready (time.monotonic()); None while it is down."""
+    last_exit: str | None = None
+    """Why it last exited: how, and the last error its log shows (status reports it)."""
+    restart_at: float | None = None
+    """When its backed-off restart is due (time.monotonic()), while it waits."""
+    failed_checks: int = 0
+    """Health checks failed in a row."""
+    last_answer: float = field(default_factory=time.monotonic)
+    """When it last answered a health check at all (time.monotonic())."""
+    checking: bool = False
+    next_check: float = 0.0
 
     @property
     def name(self) -> str:
@@ -47,6 +98,52 @@ class Replica:
         tick notices."""
         process = self.server.process
         return self.alive and process is not None and process.poll() is None
+
+    def became_ready(self) -> None:
+        self.alive = True
+        self.ready_since = self.last_answer = time.monotonic()
+        self.failed_checks = 0
+        self.restart_at = None
+
+    def restart_delay(self) -> float:
+        """Seconds to wait before restarting it after a crash: none for the first crash after a
+        while of serving, then BACKOFF_FIRST doubling to BACKOFF_MAX."""
+        now = time.monotonic()
+        if self.ready_since is not None and now - self.ready_since >= BACKOFF_RESET:
+            self.crashes = 0
+        delay = 0.0 if self.crashes == 0 else min(BACKOFF_MAX,
+                                                  BACKOFF_FIRST * 2 ** (self.crashes - 1))
+        self.crashes += 1
+        self.ready_since = None
+        self.restart_at = now + delay
+        return delay
+
+    def report(self) -> dict[str, object]:
+        """What status adds to a replica: why it last exited, when it restarts, failed checks."""
+        due = self.restart_at
+        return {"lastExit": self.last_exit, "failedChecks": self.failed_checks,
+                "restartInSeconds": None if due is None
+                else round(max(0.0, due - time.monotonic()), 1)}
+
+
+# The line a Python traceback ends with: "serving.errors.ChecksumMismatch: refusing to load ...",
+# "ValueError: ..."
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*: \S|^[A-Za-z_]\w*(?:Error|Exception): \S")
+
+
+def exit_reason(code: int | None, log: str) -> str:
+    """How a model server exited and, from what it logged, why: its last exception line (the
+    artifact it refused, say), else its last ERROR line."""
+    how = f"exit code {code}"
+    if code is not None and code < 0:
+        try:
+            how = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"killed by signal {-code}"
+    lines = [line.strip() for line in log.splitlines()]
+    why = next((line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), None) or next(
+        (line for line in reversed(lines) if " ERROR " in line or line.startswith("ERROR")), None)
+    return f"{how}: {why[:400]}" if why else how
 
 
 @dataclass
@@ -110,7 +207,7 @@ async def start_pool(
         await stop_pool(pool)
         raise
     for r in replicas:
-        r.alive = True
+        r.became_ready()
         logger.info("replica %s (%s, pid %s) ready at %s", r.name, r.version, r.pid, r.rest_url)
     return pool
 

@@ -209,6 +209,7 @@ class ShadowWorker:
             await asyncio.to_thread(self.process.wait, grace)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            await asyncio.to_thread(self.process.wait)
 
 
 if __name__ == "__main__":

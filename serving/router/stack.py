@@ -24,17 +24,34 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 from aiohttp import web
 
 from ..errors import ServingError
-from ..server import ServerSettings, free_port, listener_on
+from ..server import (
+    ServerSettings,
+    free_port,
+    group_members,
+    kill_group,
+    listener_on,
+    process_start_time,
+)
 from ..spec import Predictor, Spec, parse_spec, spec_to_values
 from .admin import AdminApi
 from .control_api import ControlApi
 from .core import RouterCore
 from .dataplane import Nginx, Sockets, render_config
-from .replicas import PredictorPool, Replica, same_deployment, start_pool, stop_pool
+from .replicas import (
+    PRIMARY_HEALTH,
+    SHADOW_HEALTH,
+    HealthPolicy,
+    PredictorPool,
+    Replica,
+    exit_reason,
+    same_deployment,
+    start_pool,
+    stop_pool,
+)
 from .shadow_worker import ShadowWorker
 from .telemetry import TelemetryReceiver
 from .traffic import updated_predictors
@@ -42,6 +59,21 @@ from .traffic import updated_predictors
 logger = logging.getLogger("serving.router")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are not news
 STATE_FILE = "stack.json"
+HEALTH_TICK = 0.1  # seconds: how often the health checker looks for checks due
+
+
+class StackCore(RouterCore):
+    """The router's state, with what the stack knows of each replica in its status: why it last
+    exited, when its backed-off restart is due, its failed health checks."""
+
+    def status(self) -> dict[str, object]:
+        status = super().status()
+        replicas = {r.name: r for pool in self.state.pools.values() for r in pool.replicas}
+        for predictor in status["predictors"]:  # type: ignore[attr-defined]
+            for entry in predictor["replicas"]:
+                if (replica := replicas.get(entry["name"])) is not None:
+                    entry.update(replica.report())
+        return status
 
 
 class LocalStack:
@@ -71,13 +103,27 @@ class LocalStack:
         self._published: dict[str, Any] | None = None
         self._publishing = asyncio.Lock()
         self._generation = 0
+        self.run_dir: Path | None = None
+        self._ports = (0, 0)
+        self._recorded: list[dict[str, Any]] = []
+        self._start_times: dict[int, int | None] = {}
+        self._pools_started: list[PredictorPool] = []
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def _start_pool(self, predictor: Predictor) -> PredictorPool:
-        return await start_pool(
+        pool = await start_pool(
             predictor, self.models_root, self.spec.model.name, self.log_dir, self.server_settings,
-            hidden_env=self.hidden_env,
+            hidden_env=self.hidden_env, temp_root=self.run_dir,
         )
+        self._pools_started.append(pool)
+        return pool
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        """Run `work` as a task, referenced until it ends (the loop keeps only weak references)."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         rs = self.spec.router
@@ -87,21 +133,28 @@ class LocalStack:
                                    "stop it, or choose other ports (router.port, "
                                    "router.grpcPort; 'serving up --port/--grpc-port')")
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        pools_list = await asyncio.gather(
-            *(self._start_pool(p) for p in self.spec.predictors), return_exceptions=True
-        )
-        failed = [e for e in pools_list if isinstance(e, BaseException)]
-        started = [p for p in pools_list if isinstance(p, PredictorPool)]
-        if failed:
-            await asyncio.gather(*(stop_pool(p) for p in started))
-            raise failed[0]
-        self.core = RouterCore(self.spec, {p.name: p for p in started})
-        # Unix socket paths are limited to 108 bytes: keep them short, whatever the state dir.
-        run_dir = Path(tempfile.mkdtemp(prefix="serving-"))
+        # The run folder: nginx's config, the unix sockets (their paths are limited to 108 bytes:
+        # keep them short, whatever the state dir) and the model servers' working folders. The
+        # state file names it, so 'serving down' removes it even after a crash.
+        self.run_dir = run_dir = Path(tempfile.mkdtemp(prefix="serving-"))
+        try:
+            pools_list = await asyncio.gather(
+                *(self._start_pool(p) for p in self.spec.predictors), return_exceptions=True
+            )
+            failed = [e for e in pools_list if isinstance(e, BaseException)]
+            started = [p for p in pools_list if isinstance(p, PredictorPool)]
+            if failed:
+                await asyncio.gather(*(stop_pool(p) for p in started))
+                raise failed[0]
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        self.core = StackCore(self.spec, {p.name: p for p in started})
         sockets = Sockets(run_dir)
         runner: web.AppRunner | None = None
         servers: list[asyncio.Server] = []
         monitor: asyncio.Task[None] | None = None
+        health: asyncio.Task[None] | None = None
         try:  # whatever fails from here on, the model servers are stopped on the way out
             app = web.Application(client_max_size=1024 * 1024)
             app.add_routes(ControlApi(self.core).routes() + AdminApi(self).routes())
@@ -128,14 +181,17 @@ class LocalStack:
             # GC's scans, so collections stay short (they showed as latency spikes).
             gc.collect()
             gc.freeze()
-            self._write_state(rest_port, grpc_port)
+            self._ports = (rest_port, grpc_port)
+            self._write_state()
             self._announce(rest_port, grpc_port)
             monitor = asyncio.create_task(self._monitor())
+            health = asyncio.create_task(self._health_checks())
             await self._stopping.wait()
         finally:
             logger.info("stopping: router, then model servers")
-            if monitor is not None:
-                monitor.cancel()
+            for task in (monitor, health, *self._tasks):
+                if task is not None:
+                    task.cancel()
             if self.nginx is not None:
                 await asyncio.to_thread(self.nginx.stop)
             for server in servers:
@@ -169,11 +225,43 @@ class LocalStack:
     def stop(self) -> None:
         self._stopping.set()
 
-    def _write_state(self, rest_port: int, grpc_port: int) -> None:
+    def _processes(self) -> list[dict[str, Any]]:
+        """The stack's child processes, each the leader of its own process group: what 'serving
+        down' ends if this process dies without stopping them. A start time with each pid, so
+        that a pid reused by another process later is never taken for one of them."""
+        handles: list[tuple[str, subprocess.Popen[bytes] | None]] = []
+        self._pools_started = [p for p in self._pools_started
+                               if not p.stopped or any(r.server.process and r.server.process
+                                                       .poll() is None for r in p.replicas)]
+        for pool in self._pools_started:
+            handles += [(f"replica {r.name}", r.server.process) for r in pool.replicas]
+        handles.append(("nginx", self.nginx.process if self.nginx else None))
+        handles.append(("shadow worker",
+                        self.shadow_worker.process if self.shadow_worker else None))
+        records = []
+        for what, process in handles:
+            if process is None or process.returncode is not None:
+                continue
+            if process.pid not in self._start_times:
+                self._start_times[process.pid] = process_start_time(process.pid)
+            start = self._start_times[process.pid]
+            if start is not None:
+                records.append({"what": what, "pid": process.pid, "start": start})
+        return records
+
+    def _record_processes(self) -> None:
+        """Rewrite the state file when the child processes changed (restarts, reconcile)."""
+        if self._processes() != self._recorded:
+            self._write_state()
+
+    def _write_state(self) -> None:
+        rest_port, grpc_port = self._ports
         host = self.spec.router.host
         d = self.spec.deployment
+        self._recorded = self._processes()
         state = {
             "pid": os.getpid(),
+            "pidStart": process_start_time(os.getpid()),
             "restUrl": f"http://{host}:{rest_port}",
             "seldonUrl": f"http://{host}:{rest_port}/seldon/{d.namespace}/{d.name}",
             "grpcTarget": f"{host}:{grpc_port}",
@@ -183,6 +271,8 @@ class LocalStack:
             "adminToken": self.admin_token,
             "pinToken": self.pin_token,
             "logs": str(self.log_dir),
+            "runDir": str(self.run_dir),
+            "processes": self._recorded,
         }
         path = self.state_dir / STATE_FILE
         tmp = path.with_suffix(".tmp")
@@ -225,12 +315,8 @@ class LocalStack:
                         continue
                     if process.poll() is not None:
                         self._restarting.add(replica.name)
-                        asyncio.create_task(self._restart(pool, replica, process.returncode))
-                    elif not replica.alive:
-                        # Marked dead after a connection error while its process runs: take
-                        # it back as soon as it answers its readiness probe again.
-                        self._restarting.add(replica.name)
-                        asyncio.create_task(self._probe(replica))
+                        self._spawn(self._restart(pool, replica))
+            self._record_processes()
 
     async def _restart_nginx(self) -> None:
         assert self.nginx is not None
@@ -255,38 +341,112 @@ class LocalStack:
             return
         await self._publish(force=True)
 
-    async def _probe(self, replica: Replica) -> None:
+    async def _health_checks(self) -> None:
+        """Every replica's readiness (GET /v2/models/<model>/ready), each on its own schedule
+        (PRIMARY_HEALTH, SHADOW_HEALTH) and all concurrently, so that a hung one neither delays
+        the others' checks nor this loop. Failed checks take a replica out of the routing table,
+        a 200 brings it back; a replica out of rotation that does not answer at all is hung:
+        killed (nginx retries its requests elsewhere) and restarted."""
+        # keep-alive below MLServer's 5 s, so that a check never reuses a connection it closes
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            while True:
+                now = time.monotonic()
+                for pool in list(self.core.state.pools.values()):
+                    policy = SHADOW_HEALTH if pool.predictor.shadow else PRIMARY_HEALTH
+                    for replica in pool.replicas:
+                        process = replica.server.process
+                        if (pool.stopped or replica.name in self._restarting or process is None
+                                or process.poll() is not None):
+                            continue
+                        silent = now - replica.last_answer
+                        if (not replica.alive and replica.failed_checks >= policy.failures
+                                and silent >= policy.kill_after):
+                            self._kill_hung(pool, replica, silent)
+                        elif not replica.checking and now >= replica.next_check:
+                            replica.next_check = now + policy.interval
+                            replica.checking = True
+                            self._spawn(self._check(session, replica, policy))
+                await asyncio.sleep(HEALTH_TICK)
+
+    async def _check(self, session: aiohttp.ClientSession, replica: Replica,
+                     policy: HealthPolicy) -> None:
+        """One health check; its result counts only if the replica was not restarted meanwhile."""
+        process = replica.server.process
         url = f"{replica.rest_url}/v2/models/{self.spec.model.name}/ready"
+        status: int | None = None
         try:
-            ready = (await asyncio.to_thread(httpx.get, url, timeout=1.0)).status_code == 200
-            if ready and not replica.alive:
-                replica.alive = True
-                logger.warning("replica %s answers again; back in rotation", replica.name)
-        except httpx.HTTPError:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=policy.timeout)) as r:
+                status = r.status
+        except (aiohttp.ClientError, TimeoutError):
             pass
         finally:
-            self._restarting.discard(replica.name)
+            replica.checking = False
+        if replica.server.process is process and replica.name not in self._restarting:
+            await self._checked(replica, policy, status)
 
-    async def _restart(self, pool: PredictorPool, replica: Replica, code: int | None) -> None:
+    async def _checked(self, replica: Replica, policy: HealthPolicy, status: int | None) -> None:
+        if status is not None:
+            replica.last_answer = time.monotonic()
+        if status == 200:
+            replica.failed_checks = 0
+            if not replica.alive:
+                replica.alive = True
+                print(f"replica {replica.name} answers its health check again; back in rotation",
+                      flush=True)
+                await self._publish()
+            return
+        replica.failed_checks += 1
+        if replica.alive and replica.failed_checks >= policy.failures:
+            replica.alive = False
+            why = (f"no answer within {policy.timeout:g}s" if status is None
+                   else f"answered {status}")
+            print(f"replica {replica.name} failed {replica.failed_checks} health checks in a row "
+                  f"({why}); out of rotation", flush=True)
+            await self._publish()
+
+    def _kill_hung(self, pool: PredictorPool, replica: Replica, silent: float) -> None:
+        """Like a failed Kubernetes liveness probe: kill it (its connections close, so nginx
+        retries the requests it held on another replica), then restart it."""
+        process = replica.server.process
+        assert process is not None
+        reason = f"hung: no answer to health checks for {silent:.1f}s; killed"
+        print(f"replica {replica.name} (pid {process.pid}) has not answered for {silent:.1f}s; "
+              "killing it (its requests go to another replica) and restarting it", flush=True)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own group (MLServer's workers too)
+        self._restarting.add(replica.name)
+        self._spawn(self._restart(pool, replica, reason))
+
+    async def _restart(self, pool: PredictorPool, replica: Replica,
+                       reason: str | None = None) -> None:
+        """Restart a replica whose process ended, after its backoff (Replica.restart_delay)."""
         replica.alive = False
         await self._publish()
-        replica.restarts += 1
-        self.core.metrics.restarts.labels(self.core.deployment, pool.name).inc()
-        print(
-            f"replica {replica.name} ({replica.version}, pid {replica.pid}) exited with code "
-            f"{code}; restarting (restart #{replica.restarts})",
-            flush=True,
-        )
+        pid = replica.pid
         try:
-            await asyncio.to_thread(replica.server.stop)
+            await asyncio.to_thread(replica.server.stop)  # reaps it, removes its working folder
+            process = replica.server.process
+            code = process.returncode if process else None
+            replica.last_exit = reason or exit_reason(code, replica.server.recent_log())
+            delay = replica.restart_delay()
+            replica.restarts += 1
+            self.core.metrics.restarts.labels(self.core.deployment, pool.name).inc()
+            when = (f"restarting in {delay:g}s ({replica.crashes} crashes in a row)" if delay
+                    else "restarting")
+            print(f"replica {replica.name} ({replica.version}, pid {pid}) exited "
+                  f"({replica.last_exit}); {when} (restart #{replica.restarts})", flush=True)
+            await asyncio.sleep(delay)
             if pool.stopped:
                 return  # retired meanwhile (reconcile or shutdown): nothing to bring back
+            replica.failed_checks = 0
+            replica.last_answer = time.monotonic()
             replica.server.start()
             await asyncio.to_thread(replica.server.wait_ready, [self.spec.model.name])
             if pool.stopped:  # retired while it was starting: do not leave it running
                 await asyncio.to_thread(replica.server.stop)
                 return
-            replica.alive = True
+            replica.became_ready()
             await self._publish()
             print(f"replica {replica.name} is back (pid {replica.pid})", flush=True)
         except ServingError as e:
@@ -358,6 +518,45 @@ def read_state(state_dir: Path) -> dict[str, Any]:
             f"no local stack is running ({path} not found); start one with 'serving up' "
             "or 'make up'"
         ) from None
+
+
+def stack_running(state: dict[str, Any]) -> bool:
+    """Whether the control process a state file names still runs (the same process: a pid reused
+    since by another one does not count)."""
+    pid = int(state["pid"])
+    start = state.get("pidStart")
+    return pid_alive(pid) and (start is None or process_start_time(pid) == start)
+
+
+def end_leftovers(state: dict[str, Any]) -> list[str]:
+    """What a stack whose control process died (kill -9) left: end the process groups its state
+    file records (model servers, nginx with its workers, the shadow worker) and remove its run
+    folder (sockets, nginx's config, the model servers' working folders). A group is ended only
+    if it is still the one recorded. Returns what was done, for the user."""
+    done = []
+    for record in state.get("processes", []):
+        pid = int(record["pid"])
+        if is_leftover_group(pid, int(record["start"])):
+            kill_group(pid)
+            done.append(f"ended {record['what']} (pid {pid})")
+    run_dir = Path(state["runDir"]) if state.get("runDir") else None
+    if run_dir is not None and run_dir.name.startswith("serving-") and run_dir.is_dir():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        done.append(f"removed {run_dir}")
+    return done
+
+
+def is_leftover_group(pgid: int, start: int) -> bool:
+    """Whether process group `pgid` is still the one whose leader started at `start`: its leader
+    runs with that start time or, the leader gone, members remain (a group id is not reused while
+    any member lives), all started after it (its children)."""
+    members = group_members(pgid)
+    if not members:
+        return False
+    leader_start = process_start_time(pgid)
+    if leader_start is not None:
+        return leader_start == start
+    return all((process_start_time(m) or 0) >= start for m in members)
 
 
 def pid_alive(pid: int) -> bool:

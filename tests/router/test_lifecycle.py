@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +18,7 @@ from click.testing import CliRunner
 
 from serving.cli import main
 from serving.router.stack import start_background, stop_background
+from serving.server import process_start_time
 
 from .conftest import Stack, infer_body, start_stack, stop_stack
 
@@ -100,3 +104,58 @@ def test_up_refuses_a_bad_values_file_naming_the_field(tmp_path: Path) -> None:
                                        "--state-dir", str(tmp_path / "state")])
     assert result.exit_code == 2
     assert "predictors[0].traffic" in result.output
+
+
+def test_down_after_a_killed_router_ends_what_it_left_and_removes_its_folders(
+        models_root: Path, tmp_path: Path) -> None:
+    stack = start_stack(ONE_PREDICTOR, tmp_path, models_root)
+    state = stack.state
+    run_dir = Path(state["runDir"])
+    assert list(run_dir.glob("mlserver-*"))  # the model server's working folder is in there
+    recorded = {r["what"]: r["pid"] for r in state["processes"]}
+    assert set(recorded) == {"replica stable-0", "nginx", "shadow worker"}
+    replica = recorded["replica stable-0"]
+    os.kill(replica, signal.SIGSTOP)  # stopped, it cannot act on the SIGTERM its parent's death sends
+    os.kill(stack.process.pid, signal.SIGKILL)
+    stack.process.wait()
+    try:
+        assert not gone(replica, within=1), "the stopped replica should have outlived its router"
+        result = CliRunner().invoke(main, ["down", "--state-dir", str(stack.state_dir)])
+        assert result.exit_code == 0, result.output
+        assert "was not running" in result.output
+        assert f"ended replica stable-0 (pid {replica})" in result.output
+        assert f"removed {run_dir}" in result.output
+        assert all(gone(pid) for pid in recorded.values())
+        assert not run_dir.exists()
+        assert not (stack.state_dir / "stack.json").exists()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(replica, signal.SIGKILL)
+
+
+def test_down_ends_only_the_processes_its_state_file_names(tmp_path: Path) -> None:
+    """A recorded pid now held by another process (same pid, another start time) is left alone."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        start = process_start_time(other.pid)
+        assert start is not None
+        state_dir = tmp_path / "state"
+        state_dir.mkdir()
+        state: dict[str, Any] = {"pid": dead.pid, "runDir": str(tmp_path),
+                 "processes": [{"what": "replica stable-0", "pid": other.pid, "start": start + 1}]}
+        (state_dir / "stack.json").write_text(json.dumps(state))
+        result = CliRunner().invoke(main, ["down", "--state-dir", str(state_dir)])
+        assert result.exit_code == 0, result.output
+        assert "ended" not in result.output and "removed" not in result.output
+        assert other.poll() is None and tmp_path.exists()
+        # the same record with the right start time is that process: it is ended
+        state["processes"][0]["start"] = start
+        (state_dir / "stack.json").write_text(json.dumps(state))
+        result = CliRunner().invoke(main, ["down", "--state-dir", str(state_dir)])
+        assert f"ended replica stable-0 (pid {other.pid})" in result.output
+        assert other.wait(5) == -signal.SIGKILL
+    finally:
+        other.kill()
+        other.wait()
