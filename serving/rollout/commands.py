@@ -15,12 +15,12 @@ import click
 
 from ..cli_common import DEFAULT_STATE_DIR, DEFAULT_VALUES, friendly_errors
 from ..errors import ServingError
-from ..spec import load_spec, stable_predictor
+from ..spec import Predictor, load_spec, stable_predictor
 from .backends import TrafficBackend
 from .controller import Controller, desired_predictors, resume
 from .metrics_source import MetricsSource, PrometheusSource, RouterMetricsSource
 from .plan import RolloutPlan
-from .state import FileStateStore, Phase, RolloutStatus, StateStore, dumps
+from .state import CorruptState, FileStateStore, Phase, RolloutStatus, StateStore, dumps
 
 
 @dataclass
@@ -251,6 +251,95 @@ def _simple(change: str, help_text: str) -> click.Command:
 rollout.add_command(_simple("pause", "Hold the rollout at its current step."))
 rollout.add_command(_simple("resume", "Continue a paused rollout."))
 rollout.add_command(_simple("promote", "Skip the remaining steps: the candidate becomes stable."))
-rollout.add_command(_simple("abort", "Stop: all traffic back to stable, candidate removed."))
+
+
+def salvaged(text: str) -> tuple[Predictor, Predictor | None] | None:
+    """From a corrupt state file, the stable predictor and the shadow it ran with before the
+    rollout, when those parts are still intact."""
+    try:
+        data = json.loads(text)
+        stable = Predictor.model_validate(data["stable_spec"])
+        shadow = data.get("original_shadow")
+        return stable, Predictor.model_validate(shadow) if shadow else None
+    except (ValueError, TypeError, KeyError, AttributeError):  # pydantic's errors are ValueErrors
+        return None
+
+
+def _stable_again(corrupt: CorruptState, backend: TrafficBackend,
+                  plan: RolloutPlan) -> tuple[list[Predictor], str] | None:
+    """What to run after aborting a rollout whose state is unreadable, and where that came from."""
+    kept = salvaged(corrupt.text)
+    if kept is not None:
+        stable, shadow = kept
+        return ([stable.model_copy(update={"traffic": 100})] + ([shadow] if shadow else []),
+                "the stable predictor recorded in the file")
+    others = [p for p in backend.get_predictors() if p.name != plan.candidate_predictor]
+    if not any(not p.shadow for p in others):
+        return None
+    stable = stable_predictor(others)
+    return ([stable.model_copy(update={"traffic": 100})] + [p for p in others if p.shadow],
+            f"the running stable predictor (the candidate {plan.candidate_predictor!r} removed)")
+
+
+def abort_corrupt(store: FileStateStore, corrupt: CorruptState, backend: TrafficBackend | None,
+                  plan: RolloutPlan, no_backend: str = "") -> list[str]:
+    """`abort` on a state file that cannot be read: give the stable predictor all traffic if
+    that can be worked out, and move the file aside so rollouts can start again."""
+    lines = [f"the rollout state {corrupt.path} was corrupt: {corrupt.problem}"]
+    if backend is None:
+        lines.append(f"traffic not changed: {no_backend}")
+    else:
+        try:
+            desired = _stable_again(corrupt, backend, plan)
+            if desired is None:
+                lines.append("traffic not changed: no running predictor other than the "
+                             f"candidate {plan.candidate_predictor!r} to give it to; check "
+                             "'serving status'")
+            else:
+                predictors, source = desired
+                backend.apply(predictors)
+                lines.append(f"all traffic back to {predictors[0].name} "
+                             f"({predictors[0].version}), from {source}: "
+                             + ", ".join(f"{p.name} {p.version}"
+                                         + (f" mirrors {p.traffic}%" if p.shadow
+                                            else f" {p.traffic}%") for p in predictors))
+        except ServingError as e:
+            lines.append(f"traffic not changed: {e.message}; check 'serving status' and move "
+                         "traffic back to the stable predictor by hand")
+    lines.append(f"moved the corrupt file to {store.move_aside()}; start a new rollout with "
+                 "'serving rollout start VERSION'")
+    return lines
+
+
+@rollout.command()
+@with_target
+@friendly_errors
+def abort(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
+          prometheus: str | None) -> None:
+    """Stop: all traffic back to stable, candidate removed (a corrupt state file is moved aside)."""
+    try:
+        target = build_target(values_path, state_dir, kubernetes, context, prometheus)
+    except ServingError as e:
+        if kubernetes:
+            raise
+        # No local stack (or no values): no traffic to move, but a corrupt state file must
+        # still not block the next rollout.
+        store = FileStateStore(state_dir)
+        try:
+            store.load()
+        except CorruptState as corrupt:
+            click.echo("\n".join(abort_corrupt(store, corrupt, None, RolloutPlan(),
+                                                no_backend=e.message)))
+            return
+        raise
+    try:
+        s = apply_change(target, "abort")
+    except CorruptState as corrupt:
+        if not isinstance(target.store, FileStateStore):
+            raise
+        click.echo("\n".join(abort_corrupt(target.store, corrupt, target.backend, target.plan)))
+        return
+    click.echo(f"{s.phase}: {s.message}")
+
 
 COMMANDS: list[click.Command] = [rollout]

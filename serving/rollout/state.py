@@ -1,7 +1,9 @@
 """Rollout status: phase, step, weights, failed checks, and a history of what happened and why.
 
-Persisted after every transition, locally in a JSON file replaced atomically (write + rename),
-on Kubernetes in an annotation of the SeldonDeployment. A `revision` counter makes concurrent
+Persisted after every transition, locally in a JSON file replaced atomically (write + rename,
+mode 0600), on Kubernetes in an annotation of the SeldonDeployment. A file that cannot be read back
+(empty, truncated, not JSON, an unknown phase, wrong types) is a CorruptState naming the file and
+the way out ('serving rollout abort' moves it aside). A `revision` counter makes concurrent
 writers (the controller and an SRE's `pause`) fail loudly instead of overwriting each other.
 """
 
@@ -17,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from ..errors import ServingError
 
@@ -89,8 +91,43 @@ class StaleState(ServingError):
                          f"{expected}); re-read and retry", status_code=409)
 
 
+class CorruptState(ServingError):
+    """The persisted status cannot be read back; `text` is what was found (for salvage)."""
+
+    def __init__(self, path: Path, problem: str, text: str = "") -> None:
+        super().__init__(
+            f"the rollout state {path} is corrupt: {problem}. Run 'serving rollout abort' to move "
+            f"it aside (to {path.name}.corrupt-<time>) and give all traffic back to the stable "
+            "predictor, then start again"
+        )
+        self.path, self.problem, self.text = path, problem, text
+
+
+def _describe(e: ValidationError) -> str:
+    problems = []
+    for err in e.errors(include_url=False)[:3]:
+        if err["type"] == "json_invalid":
+            problems.append(f"not valid JSON ({err['msg'].removeprefix('Invalid JSON: ')})")
+        else:
+            where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            problems.append(f"{where}: {err['msg']}")
+    more = e.error_count() - len(problems)
+    return "; ".join(problems) + (f" (and {more} more)" if more > 0 else "")
+
+
+def parse_status(text: str, path: Path) -> RolloutStatus:
+    """A RolloutStatus from its JSON, or CorruptState saying what is wrong with it."""
+    if not text.strip():
+        raise CorruptState(path, "it is empty", text)
+    try:
+        return RolloutStatus.model_validate_json(text)
+    except ValidationError as e:
+        raise CorruptState(path, _describe(e), text) from None
+
+
 class FileStateStore:
-    """`<state_dir>/rollout.json`, replaced atomically; a lock file serialises writers."""
+    """`<state_dir>/rollout.json` (mode 0600), replaced atomically; a lock file serialises
+    writers."""
 
     def __init__(self, state_dir: Path) -> None:
         self.path = state_dir / "rollout.json"
@@ -108,9 +145,12 @@ class FileStateStore:
 
     def load(self) -> RolloutStatus | None:
         try:
-            return RolloutStatus.model_validate_json(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as e:
+            raise CorruptState(self.path, f"it cannot be read ({e})") from None
+        return parse_status(text, self.path)
 
     def save(self, status: RolloutStatus) -> RolloutStatus:
         with self.locked():
@@ -119,12 +159,26 @@ class FileStateStore:
                 raise StaleState(status.revision, current.revision)
             saved = status.model_copy(update={"revision": status.revision + 1})
             tmp = self.path.with_suffix(".tmp")
-            with tmp.open("w") as f:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)  # also when a tmp file was left behind with other permissions
+            with os.fdopen(fd, "w") as f:
                 f.write(saved.model_dump_json(indent=2))
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)  # atomic: readers see the old or the new file, never half
             return saved
+
+    def move_aside(self, now: float | None = None) -> Path:
+        """Rename the state file to rollout.json.corrupt-<time> (kept for a post-mortem)."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now or time.time()))
+        with self.locked():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+            n = 1
+            while target.exists():
+                n += 1
+                target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            os.replace(self.path, target)
+            return target
 
     def clear(self) -> None:
         with self.locked():
