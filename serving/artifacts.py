@@ -3,16 +3,29 @@
 models/<model>/<version>/model.joblib         the fitted estimator (joblib)
 models/<model>/<version>/model-settings.json  what MLServer reads: runtime, tensors
 models/<model>/<version>/metadata.json        sha256, dataset, library versions, metrics
+
+Whoever can write models/ can rewrite all three files, so the sha256 an artifact is checked against
+comes from the deployment spec, not from its folder: `model.artifacts` in the values file maps each
+version to the sha256 of its model.joblib (`serving train --record-digests` records them; training
+is deterministic). Launchers carry them to MLServer in the environment variable DIGESTS_ENV
+(`serving serve`, `serving up`'s replicas, the chart's containers), and the runtime refuses an
+artifact whose digest is missing or differs before anything unpickles it. metadata.json's sha256 is
+still checked, as a second, informative check. A model-settings.json may only point at a file in
+its own version folder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
+import re
+from collections.abc import Iterable, Mapping
 from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, Field
 
@@ -24,6 +37,47 @@ METADATA_FILE = "metadata.json"
 RUNTIME = "serving.runtime.VerifiedSKLearnModel"
 INPUT_NAME = "input-0"
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
+WELLKNOWN_ARTIFACTS = ("model.joblib", "model.pickle", "model.pkl")
+"""What MLServer looks for when parameters.uri names a folder (mlserver_sklearn)."""
+
+DIGESTS_ENV = "SERVING_ARTIFACT_DIGESTS"
+"""Environment variable carrying the expected digests to MLServer: `v1=<sha256>,v2=<sha256>`."""
+DIGESTS_KEY = "model.artifacts"
+"""Where the values file (the deployment spec) keeps them."""
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+RECORD_HINT = "serving train --record-digests charts/seldon-model/values.yaml"
+
+
+class DigestMismatch(ArtifactError):
+    def __init__(self, path: Path, version: str, expected: str, actual: str):
+        super().__init__(
+            f"refusing to load {path}: its sha256 is {actual} but the deployment spec expects "
+            f"{expected} for version {version} ({DIGESTS_KEY}.{version} in the values file, "
+            f"passed as {DIGESTS_ENV}). It is not the artifact the spec was reviewed with: "
+            "restore it (re-run 'serving train': training is deterministic) or, if it was "
+            f"retrained on purpose, record the new digests with '{RECORD_HINT}' and review that "
+            "change."
+        )
+
+
+class MissingDigest(ArtifactError):
+    def __init__(self, path: Path, version: str | None, why: str):
+        super().__init__(
+            f"refusing to load {path}: no expected sha256 for version {version}: {why}. "
+            f"An artifact is unpickled only when the deployment spec names its digest: record "
+            f"it under {DIGESTS_KEY}.{version} in the values file ('{RECORD_HINT}') and start "
+            f"MLServer through 'serving serve', 'serving up' or the chart, which pass "
+            f"{DIGESTS_ENV}={version}=<sha256>."
+        )
+
+
+class OutsideVersionFolder(ArtifactError):
+    def __init__(self, settings_file: Path, field: str, value: str, target: str):
+        super().__init__(
+            f"refusing to load {settings_file}: {field} {value!r} resolves to {target}, outside "
+            f"the version's own folder {settings_file.parent.resolve()}; a version serves only the "
+            f"artifact in its folder. Set {field} to './{ARTIFACT_FILE}' (re-run 'serving train')."
+        )
 
 
 class ArtifactRecord(BaseModel):
@@ -101,16 +155,131 @@ def read_metadata(version_dir: Path) -> ModelMetadata:
         raise ArtifactError(f"{path} is not valid metadata: {e}") from e
 
 
-def verify(version_dir: Path, artifact: Path | None = None) -> ModelMetadata:
-    """Check the artifact against metadata.json before anything unpickles it.
+def format_digests(digests: Mapping[str, str]) -> str:
+    """The value of DIGESTS_ENV: `v1=<sha256>,v2=<sha256>` (sorted)."""
+    return ",".join(f"{version}={digest}" for version, digest in sorted(digests.items()))
 
-    joblib/pickle runs code while loading, so a changed file must never reach joblib.load.
+
+def parse_digests(text: str) -> dict[str, str]:
+    digests: dict[str, str] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        version, sep, digest = entry.partition("=")
+        if not sep or not version or not SHA256_RE.match(digest):
+            raise ArtifactError(
+                f"{DIGESTS_ENV} is malformed at {entry[:80]!r}: expected "
+                "<version>=<64 lowercase hex digits>, comma-separated"
+            )
+        digests[version] = digest
+    return digests
+
+
+def digest_env(digests: Mapping[str, str], versions: Iterable[str] | None = None) -> dict[str, str]:
+    """DIGESTS_ENV for a server of `versions` (all when None); {} when none is known, so the
+    server inherits whatever its launcher's environment holds."""
+    wanted = digests if versions is None else {v: digests[v] for v in versions if v in digests}
+    return {DIGESTS_ENV: format_digests(wanted)} if wanted else {}
+
+
+def expected_digest(
+    version: str | None, artifact: Path, environ: Mapping[str, str] | None = None
+) -> str:
+    """The digest the spec expects for `version`, from DIGESTS_ENV (MissingDigest otherwise)."""
+    environ = os.environ if environ is None else environ
+    if not version:
+        raise MissingDigest(artifact, version, "model-settings.json sets no parameters.version")
+    text = environ.get(DIGESTS_ENV)
+    if text is None:
+        raise MissingDigest(artifact, version, f"{DIGESTS_ENV} is not set")
+    digests = parse_digests(text)
+    if version not in digests:
+        known = ", ".join(sorted(digests)) or "none"
+        raise MissingDigest(
+            artifact, version, f"{DIGESTS_ENV} has no entry for {version} (it has: {known})"
+        )
+    return digests[version]
+
+
+def resolve_artifact(settings_file: Path, uri: str | None) -> Path:
+    """The file `parameters.uri` names, as MLServer resolves it (relative to the settings file;
+    a folder means a well-known file in it), refused unless it lies inside the version folder."""
+    field = "parameters.uri"
+    if not uri:
+        raise ArtifactError(f"{settings_file}: {field} is missing; re-run 'serving train'.")
+    parsed = urlparse(uri, scheme="file")
+    if parsed.scheme != "file":
+        raise OutsideVersionFolder(settings_file, field, uri, f"a {parsed.scheme}:// location")
+    folder = settings_file.parent.resolve()
+    path = Path(parsed.path)
+    path = path if path.is_absolute() else settings_file.parent / path
+    if path.is_dir():
+        path = next((path / n for n in WELLKNOWN_ARTIFACTS if (path / n).is_file()), path)
+    target = path.resolve()  # symlinks too: a link to a sibling's file is outside
+    if not target.is_relative_to(folder) or target == folder:
+        raise OutsideVersionFolder(settings_file, field, uri, str(target))
+    if not target.is_file():
+        raise ArtifactError(f"{target} is missing; re-run 'serving train'.")
+    return target
+
+
+def check_settings(version_dir: Path) -> tuple[str, Path]:
+    """Read <version_dir>/model-settings.json as MLServer would serve it: our runtime, a version,
+    an artifact inside the folder, no environment from elsewhere. Returns the version it serves
+    and the artifact's path."""
+    settings_file = version_dir / SETTINGS_FILE
+    try:
+        settings = json.loads(settings_file.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{settings_file} cannot be read: {e}; re-run 'serving train'.") from e
+    if not isinstance(settings, dict):
+        raise ArtifactError(f"{settings_file} is not a JSON object; re-run 'serving train'.")
+    implementation = settings.get("implementation")
+    if implementation != RUNTIME:
+        raise ArtifactError(
+            f"{settings_file}: implementation is {implementation!r}; our artifacts are served by "
+            f"{RUNTIME}, which verifies them before unpickling. Re-run 'serving train'."
+        )
+    parameters = settings.get("parameters") or {}
+    for key in ("environment_tarball", "environment_path"):
+        if parameters.get(key):
+            raise ArtifactError(
+                f"{settings_file}: parameters.{key} is set; a model environment from outside "
+                "the verified artifact runs unverified code. Remove it (re-run 'serving train')."
+            )
+    version = parameters.get("version")
+    if not version or not isinstance(version, str):
+        raise ArtifactError(f"{settings_file}: parameters.version is missing; re-run "
+                            "'serving train'.")
+    return version, resolve_artifact(settings_file, parameters.get("uri"))
+
+
+def verify(
+    version_dir: Path,
+    expected_sha256: str | None,
+    artifact: Path | None = None,
+    version: str | None = None,
+) -> ModelMetadata:
+    """Check the artifact against the digest the deployment spec expects (and, second, against
+    metadata.json) before anything unpickles it.
+
+    joblib/pickle runs code while loading, so a changed file must never reach joblib.load. The
+    expected digest comes from the spec, never from the folder: whoever rewrites the artifact can
+    rewrite its metadata.json too.
     """
     meta = read_metadata(version_dir)
+    version = version or meta.version
     artifact = artifact or version_dir / meta.artifact.file
     if not artifact.is_file():
         raise ArtifactError(f"{artifact} is missing; re-run 'serving train'.")
+    if expected_sha256 is None:
+        raise MissingDigest(artifact, version, f"the values file has no {DIGESTS_KEY}.{version}")
     actual = sha256_file(artifact)
+    if actual != expected_sha256:
+        raise DigestMismatch(artifact, version, expected_sha256, actual)
+    if meta.version != version:
+        raise ArtifactError(
+            f"{version_dir / METADATA_FILE} describes version {meta.version} but the folder "
+            f"serves {version}; re-run 'serving train'."
+        )
     if actual != meta.artifact.sha256:
         raise ChecksumMismatch(str(artifact), meta.artifact.sha256, actual)
     installed = library_versions()
@@ -138,3 +307,55 @@ def version_dir(root: Path, model: str, version: str) -> Path:
             "run 'make models' or 'serving train'."
         )
     return path
+
+
+def check_version(version_dir: Path, digests: Mapping[str, str]) -> ModelMetadata:
+    """Everything the runtime checks before unpickling, against the spec's `digests`."""
+    version, artifact = check_settings(version_dir)
+    return verify(version_dir, digests.get(version), artifact, version)
+
+
+def record_digests(values_path: Path, digests: Mapping[str, str]) -> dict[str, str]:
+    """Write `digests` into the values file's model.artifacts (other versions kept), editing the
+    text so its comments and layout stay. Returns the mapping now recorded."""
+    import yaml
+
+    text = values_path.read_text()
+    lines = text.splitlines()
+    current = ((yaml.safe_load(text) or {}).get("model") or {}).get("artifacts") or {}
+    merged = {**current, **digests}
+    try:
+        start = lines.index("model:")
+    except ValueError:
+        raise ArtifactError(
+            f"{values_path} has no block 'model:' section; add {DIGESTS_KEY} by hand: "
+            + ", ".join(f"{v}: {d}" for v, d in sorted(merged.items()))
+        ) from None
+    end = start + 1
+    while end < len(lines) and (not lines[end].strip() or lines[end].startswith(" ")):
+        end += 1
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1
+    # quoted: a digest of digits and one 'e' would otherwise read as a number
+    block = ["  artifacts:"] + [
+        f'    {v if re.match(r"^[A-Za-z][A-Za-z0-9._-]*$", v) else json.dumps(v)}: "{d}"'
+        for v, d in sorted(merged.items())
+    ]
+    section = lines[start + 1:end]
+    at = next((i for i, ln in enumerate(section) if ln.startswith("  artifacts:")), None)
+    if at is None:
+        comment = (f"  ## @param {DIGESTS_KEY} sha256 of each version's model.joblib; the runtime "
+                   "refuses an artifact whose digest is missing or differs (recorded by "
+                   f"'{RECORD_HINT}')")
+        section += [comment] + block
+    else:
+        stop = at + 1
+        while stop < len(section) and section[stop].startswith("    "):
+            stop += 1
+        section[at:stop] = block
+    out = "\n".join(lines[: start + 1] + section + lines[end:]) + "\n"
+    recorded = ((yaml.safe_load(out) or {}).get("model") or {}).get("artifacts")
+    if recorded != merged:
+        raise ArtifactError(f"could not record the digests in {values_path}; add them by hand")
+    values_path.write_text(out)
+    return merged

@@ -9,14 +9,17 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from . import artifacts, training
-from .cli_common import friendly_errors
-from .errors import ServingError
+from .cli_common import DEFAULT_VALUES, friendly_errors
+from .errors import ArtifactError, ServingError
+from .spec import load_spec, stable_predictor
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -33,8 +36,15 @@ def main() -> None:
     help="Folder that receives <model>/<version>/.",
 )
 @click.option("--version", "versions", multiple=True, help="Train only these versions.")
+@click.option(
+    "--record-digests",
+    "values_path",
+    type=click.Path(path_type=Path, exists=True, dir_okay=False),
+    help="Record the artifacts' sha256 in this values file's model.artifacts (e.g. "
+    f"{DEFAULT_VALUES}), the digests the runtime will accept. Review the change.",
+)
 @friendly_errors
-def train(out: Path, versions: tuple[str, ...]) -> None:
+def train(out: Path, versions: tuple[str, ...], values_path: Path | None) -> None:
     """Train the model versions (deterministic: same bytes every run)."""
     try:
         metas = training.train_all(out, list(versions) or None)
@@ -45,34 +55,86 @@ def train(out: Path, versions: tuple[str, ...]) -> None:
             f"{m.model}/{m.version}  {m.estimator:<40} accuracy={m.metrics['accuracy']:.3f} "
             f"roc_auc={m.metrics['roc_auc']:.3f}  sha256={m.artifact.sha256[:12]}"
         )
+    if values_path is not None:
+        before = dict(load_spec(values_path).model.artifacts)
+        recorded = artifacts.record_digests(
+            values_path, {m.version: m.artifact.sha256 for m in metas}
+        )
+        changed = sorted(v for v, d in recorded.items() if before.get(v) != d)
+        click.echo(
+            f"recorded {len(metas)} digests in {values_path} ({artifacts.DIGESTS_KEY}): "
+            + (f"changed {', '.join(changed)}; review that change" if changed else "unchanged")
+        )
+
+
+def _version_dirs(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob(f"*/*/{artifacts.SETTINGS_FILE}"))
 
 
 @main.command("models")
 @click.option(
     "--models", "root", default="models", show_default=True, type=click.Path(path_type=Path)
 )
-@click.option("--json", "as_json", is_flag=True, help="Print metadata as JSON.")
+@click.option(
+    "--values",
+    "values_path",
+    default=DEFAULT_VALUES,
+    show_default=True,
+    help="The deployment spec whose model.artifacts digests the artifacts must match.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print metadata and checks as JSON.")
 @friendly_errors
-def list_models(root: Path, as_json: bool) -> None:
-    """List the trained model versions and whether their artifacts verify."""
-    metas = artifacts.list_versions(root)
-    if as_json:
-        click.echo(json.dumps([m.model_dump(mode="json") for m in metas], indent=2))
-        return
-    if not metas:
-        click.echo(f"no models under {root}; run 'make models'")
-        return
-    click.echo(f"{'MODEL/VERSION':<20} {'ESTIMATOR':<40} {'ACC':>6} {'SHA256':<12}  CHECK")
-    for m in metas:
+def list_models(root: Path, values_path: str, as_json: bool) -> None:
+    """List the trained model versions and whether they pass the runtime's checks against the
+    spec's digests; exits non-zero when any fails."""
+    digests = dict(load_spec(values_path).model.artifacts)
+    rows: list[tuple[Path, artifacts.ModelMetadata | None, str]] = []
+    for folder in _version_dirs(root):
         try:
-            artifacts.verify(root / m.model / m.version)
+            meta: artifacts.ModelMetadata | None = artifacts.read_metadata(folder)
+        except ServingError:
+            meta = None
+        try:
+            artifacts.check_version(folder, digests)
             check = "ok"
         except ServingError as e:
             check = f"FAILED: {e.message}"
-        click.echo(
-            f"{m.model + '/' + m.version:<20} {m.estimator:<40} "
-            f"{m.metrics['accuracy']:>6.3f} {m.artifact.sha256[:12]}  {check}"
+        rows.append((folder, meta, check))
+    failed = [folder for folder, _, check in rows if check != "ok"]
+    if as_json:
+        click.echo(json.dumps([
+            {"folder": str(folder), "check": check,
+             **(meta.model_dump(mode="json") if meta else {})}
+            for folder, meta, check in rows
+        ], indent=2))
+    elif not rows:
+        click.echo(f"no models under {root}; run 'make models'")
+    else:
+        click.echo(f"{'MODEL/VERSION':<20} {'ESTIMATOR':<40} {'ACC':>6} {'SHA256':<12}  CHECK")
+        for folder, meta, check in rows:
+            name = f"{folder.parent.name}/{folder.name}"
+            estimator = meta.estimator if meta else "?"
+            accuracy = f"{meta.metrics['accuracy']:>6.3f}" if meta else f"{'?':>6}"
+            sha = meta.artifact.sha256[:12] if meta else "?"
+            click.echo(f"{name:<20} {estimator:<40} {accuracy} {sha:<12}  {check}")
+    if failed:
+        raise ArtifactError(
+            f"{len(failed)} of {len(rows)} versions under {root} fail the checks against "
+            f"{values_path} ({artifacts.DIGESTS_KEY}); the runtime would refuse them"
         )
+
+
+def _mlserver_reason(log: Path) -> str:
+    """Why MLServer stopped, from its log: the runtime's refusals, else its error lines, else the
+    last lines."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    refusals = [ln for ln in lines if "refusing to load" in ln or "ArtifactError" in ln]
+    errors = [ln for ln in lines if ln.startswith("ERROR") or " ERROR " in ln or "Error:" in ln]
+    picked = list(dict.fromkeys(refusals or errors))[:5] or lines[-15:]
+    return "\n".join(["MLServer's log says:"] + [f"  {ln}" for ln in picked])
 
 
 @main.command()
@@ -83,6 +145,20 @@ def list_models(root: Path, as_json: bool) -> None:
     show_default=True,
     type=click.Path(path_type=Path, exists=True, file_okay=False),
 )
+@click.option(
+    "--values",
+    "values_path",
+    default=DEFAULT_VALUES,
+    show_default=True,
+    help="The deployment spec: its stable version, and the digests the artifacts must match.",
+)
+@click.option(
+    "--version",
+    "versions",
+    multiple=True,
+    help="Serve this version (repeat for several). Default: the values file's stable version.",
+)
+@click.option("--all", "serve_all", is_flag=True, help="Serve every version under --models.")
 @click.option("--http-port", default=8080, show_default=True)
 @click.option("--grpc-port", default=8081, show_default=True)
 @click.option("--metrics-port", default=8082, show_default=True)
@@ -94,11 +170,40 @@ def list_models(root: Path, as_json: bool) -> None:
 )
 @friendly_errors
 def serve(
-    root: Path, http_port: int, grpc_port: int, metrics_port: int, host: str, defaults: bool
+    root: Path,
+    values_path: str,
+    versions: tuple[str, ...],
+    serve_all: bool,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    host: str,
+    defaults: bool,
 ) -> None:
-    """Serve every model version under --models in one MLServer (REST and gRPC)."""
+    """Serve model versions in one MLServer (REST and gRPC): the values file's stable version,
+    or those given with --version, or --all.
+
+    Unversioned calls (/v2/models/<model>/infer) are answered by the highest version served
+    (MLServer's rule), so by default only the stable version is served; the banner says which
+    version answers them."""
     from .server import MLServerProcess, ServerSettings
 
+    spec = load_spec(values_path)
+    model = spec.model.name
+    stable = stable_predictor(spec.predictors).version
+    if serve_all and versions:
+        raise ServingError("pass --version or --all, not both")
+    if serve_all:
+        versions = tuple(f.name for f in _version_dirs(root) if f.parent.name == model)
+        if not versions:
+            raise ServingError(f"no models under {root}; run 'make models' first")
+    served = list(dict.fromkeys(versions or (stable,)))
+    metas = []
+    for version in served:
+        folder = artifacts.version_dir(root, model, version)
+        # The runtime refuses these too; checked first so the reason is plain, and so a folder
+        # whose model-settings.json names another runtime (which would not check) is not served.
+        metas.append(artifacts.check_version(folder, spec.model.artifacts))
     ports = {
         "http_port": http_port,
         "grpc_port": grpc_port,
@@ -107,95 +212,66 @@ def serve(
     }
     settings = (
         ServerSettings.mlserver_defaults(**ports) if defaults else ServerSettings.tuned(**ports)
-    )
-    metas = artifacts.list_versions(root)
-    if not metas:
-        raise ServingError(f"no models under {root}; run 'make models' first")
-    server = MLServerProcess(root, settings).start()
+    ).model_copy(update={"artifact_digests": {v: spec.model.artifacts[v] for v in served}})
+    with tempfile.TemporaryDirectory(prefix="serving-serve-") as tmp:
+        if len(served) == 1:
+            repository = artifacts.version_dir(root, model, served[0])
+        else:  # MLServer loads every model folder under its repository: only the served ones
+            repository = Path(tmp) / "repository"
+            for version in served:
+                link = repository / model / version
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(artifacts.version_dir(root, model, version).resolve())
+        log = Path(tmp) / "mlserver.log"
+        server = MLServerProcess(repository, settings, log_path=log).start()
+        try:
+            try:
+                server.wait_ready([model])
+            except ServingError as e:  # its log goes with the temporary folder: quote it
+                message = e.message.split("; see ")[0]
+                raise ServingError(f"{message}\n{_mlserver_reason(log)}") from None
+            default = _default_version(server.rest_url, model)
+            click.echo(f"MLServer ready ({'defaults' if defaults else 'tuned'} settings)")
+            click.echo(f"  REST  {server.rest_url}/v2/models/{model}/versions/<version>/infer")
+            click.echo(f"  gRPC  {server.grpc_target}  (inference.GRPCInferenceService)")
+            click.echo(f"  metrics http://{host}:{metrics_port}/metrics")
+            for m in metas:
+                role = " (stable)" if m.version == stable else ""
+                click.echo(f"  model {m.model} version {m.version}{role}: {m.description}")
+            note = (
+                f"the stable version in {values_path}"
+                if default == stable
+                else f"the highest version served, MLServer's rule; NOT the stable {stable} of "
+                f"{values_path}: call /v2/models/{model}/versions/{stable}/infer for it"
+            )
+            click.echo(f"  unversioned calls (/v2/models/{model}/infer) are answered by {default}"
+                       f" ({note})")
+            click.echo("Ctrl-C to stop.")
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            assert server.process is not None
+            while server.process.poll() is None:
+                time.sleep(0.5)
+            raise ServingError(
+                f"MLServer exited with code {server.process.returncode}\n{_mlserver_reason(log)}"
+            )
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.stop()
+
+
+def _default_version(rest_url: str, model: str) -> str | None:
+    """The version MLServer answers unversioned calls with: ask it (one row of zeros)."""
+    from .client import InferenceFailed, RestClient
+
+    client = RestClient(rest_url, timeout=10)
     try:
-        server.wait_ready(sorted({m.model for m in metas}))
-        click.echo(f"MLServer ready ({'defaults' if defaults else 'tuned'} settings)")
-        click.echo(f"  REST  {server.rest_url}/v2/models/<model>/versions/<version>/infer")
-        click.echo(f"  gRPC  {server.grpc_target}  (inference.GRPCInferenceService)")
-        click.echo(f"  metrics http://{host}:{metrics_port}/metrics")
-        for m in metas:
-            click.echo(f"  model {m.model} version {m.version}: {m.description}")
-        click.echo("Ctrl-C to stop.")
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        assert server.process is not None
-        while server.process.poll() is None:
-            time.sleep(0.5)
-        raise ServingError(f"MLServer exited with code {server.process.returncode}")
-    except KeyboardInterrupt:
-        pass
+        width = int(client.metadata(model)["inputs"][0]["shape"][-1])
+        return client.infer(model, np.zeros((1, width))).model_version
+    except (InferenceFailed, KeyError, IndexError, ValueError, TypeError):
+        return None
     finally:
-        server.stop()
-
-
-@main.command()
-@click.argument("rows_file", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--url",
-    help="REST base URL, e.g. http://127.0.0.1:8080 or "
-    "http://127.0.0.1:8003/seldon/models/breast-cancer",
-)
-@click.option("--grpc", "grpc_target", help="gRPC host:port")
-@click.option("--model", default="breast-cancer", show_default=True)
-@click.option("--version", default=None, help="Model version (default: the server's choice).")
-@click.option("--seldon", "seldon_deployment", help="gRPC: 'seldon' metadata (deployment name).")
-@click.option("--namespace", help="gRPC: 'namespace' metadata.")
-@click.option("-H", "--header", "headers", multiple=True, help="Extra header / metadata K=V.")
-@click.option("--json", "as_json", is_flag=True, help="Print the V2 response as JSON.")
-@friendly_errors
-def predict(
-    rows_file: str,
-    url: str | None,
-    grpc_target: str | None,
-    model: str,
-    version: str | None,
-    seldon_deployment: str | None,
-    namespace: str | None,
-    headers: tuple[str, ...],
-    as_json: bool,
-) -> None:
-    """Send rows from a CSV or JSON file to a V2 endpoint (REST or gRPC) and print predictions."""
-    from .client import GrpcClient, Prediction, RestClient, read_rows
-
-    if bool(url) == bool(grpc_target):
-        raise ServingError("pass exactly one of --url (REST) or --grpc (host:port)")
-    extra: dict[str, str] = {}
-    for h in headers:
-        key, sep, value = h.partition("=")
-        if not sep:
-            raise ServingError(f"--header {h!r}: expected KEY=VALUE")
-        extra[key.strip().lower()] = value.strip()
-    try:
-        rows = read_rows(rows_file)
-    except (ValueError, KeyError, TypeError) as e:
-        raise ServingError(f"{rows_file}: cannot read rows of numbers ({e})") from e
-    result: Prediction
-    if url:
-        rest = RestClient(url, headers=extra)
-        result = rest.infer(model, rows, version)
-    else:
-        if seldon_deployment:
-            extra["seldon"] = seldon_deployment
-        if namespace:
-            extra["namespace"] = namespace
-        assert grpc_target is not None
-        result = GrpcClient(grpc_target, metadata=extra).infer(model, rows, version)
-    if as_json:
-        click.echo(result.raw.model_dump_json(indent=2))
-        return
-    served = f"model version {result.model_version}" + (
-        f", predictor {result.predictor}" if result.predictor else ""
-    )
-    click.echo(f"{len(rows)} rows -> {served} in {result.latency_s * 1000:.1f} ms")
-    for i, label in enumerate(result.labels):
-        proba = ""
-        if result.probabilities is not None:
-            proba = "  p=" + ", ".join(f"{p:.3f}" for p in result.probabilities[i])
-        click.echo(f"  row {i}: {int(label)}{proba}")
+        client.close()
 
 
 def _register(commands: list[click.Command]) -> None:

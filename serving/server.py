@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, Field
 
+from .artifacts import digest_env
 from .errors import ServingError
 
 
@@ -46,6 +47,16 @@ class ServerSettings(BaseModel):
     niceness: int = Field(
         0, ge=0, le=19, description="CPU niceness (higher = yields the CPU); 19 = idle class only"
     )
+    artifact_digests: dict[str, str] = Field(
+        default_factory=lambda: committed_digests(),
+        description="expected sha256 of model.joblib per version, from the deployment spec "
+        "(model.artifacts; the committed values file unless a launcher passes its spec's). "
+        "MLServer gets them as SERVING_ARTIFACT_DIGESTS; the runtime loads nothing else",
+    )
+
+    def with_digests(self, digests: dict[str, str]) -> ServerSettings:
+        """These settings, expecting `digests` (a spec's model.artifacts) over the ones held."""
+        return self.model_copy(update={"artifact_digests": {**self.artifact_digests, **digests}})
 
     @classmethod
     def mlserver_defaults(cls, **ports: Any) -> ServerSettings:
@@ -62,6 +73,18 @@ class ServerSettings(BaseModel):
         parallel_workers=0 is the fastest at 1 client but only ~10% ahead of the defaults at 16.
         """
         return cls(parallel_workers=0, max_batch_size=32, max_batch_time=0.001, **ports)
+
+
+COMMITTED_VALUES = Path(__file__).resolve().parents[1] / "charts" / "seldon-model" / "values.yaml"
+
+
+def committed_digests(values: Path = COMMITTED_VALUES) -> dict[str, str]:
+    """model.artifacts of the committed values file ({} when there is none, e.g. in an image)."""
+    from .spec import load_spec
+
+    if not values.is_file():
+        return {}
+    return dict(load_spec(values).model.artifacts)
 
 
 def _die_with_parent() -> None:
@@ -262,6 +285,7 @@ class MLServerProcess:
                 # Batching is a per-model setting; MLServer fills unset model settings from these.
                 "MLSERVER_MODEL_MAX_BATCH_SIZE": str(s.max_batch_size),
                 "MLSERVER_MODEL_MAX_BATCH_TIME": str(s.max_batch_time),
+                **digest_env(s.artifact_digests),
             }
         )
         env.update(self.extra_env)

@@ -117,6 +117,12 @@ class Model(_Values):
     """On a cluster: modelUri of a predictor is <storageUri>/<version> unless it sets its own."""
     local_repository: str = "models"
     """Locally: the folder holding <model>/<version>/ artifacts (made by 'make models')."""
+    artifacts: dict[
+        Annotated[str, Field(min_length=1)], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    ] = Field(default_factory=dict)
+    """sha256 of each version's model.joblib ('serving train --record-digests'). The runtime
+    unpickles an artifact only when its digest is the one recorded here for its version: it gets
+    them in SERVING_ARTIFACT_DIGESTS, never from the model folder."""
 
 
 #: the longest interval between two hand-overs of mirrored pairs (Shadowing.handoff_seconds)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import training
+from serving import artifacts, training
 from serving.server import MLServerProcess, ServerSettings, free_port
 
 MODEL = training.MODEL_NAME
@@ -28,16 +28,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+#: sha256 per version of the artifacts `models_root` trained: what a deployment spec would record
+TRAINED_DIGESTS: dict[str, str] = {}
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All model versions, trained once per test session (about half a second)."""
+    """All model versions, trained once per test session (about half a second).
+
+    Their digests are what the servers started here expect, through the same path as in
+    production: ServerSettings.artifact_digests -> SERVING_ARTIFACT_DIGESTS in MLServer's
+    environment (local stacks started by `serving up` get them from the committed values file,
+    which test_training checks against a fresh training)."""
     root = tmp_path_factory.mktemp("models")
-    training.train_all(root)
+    TRAINED_DIGESTS.update({m.version: m.artifact.sha256 for m in training.train_all(root)})
     return root
 
 
 def free_ports() -> dict[str, int]:
     return {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+
+
+def tuned(**fields: object) -> ServerSettings:
+    """Tuned settings on free ports, expecting the digests of the artifacts trained here."""
+    return ServerSettings.tuned(**free_ports()).model_copy(
+        update={"artifact_digests": dict(TRAINED_DIGESTS), **fields}
+    )
 
 
 def start_mlserver(
@@ -46,7 +62,7 @@ def start_mlserver(
     settings: ServerSettings | None = None,
     env: dict[str, str] | None = None,
 ) -> MLServerProcess:
-    settings = settings or ServerSettings.tuned(**free_ports())
+    settings = settings or tuned()
     server = MLServerProcess(
         model_dir,
         settings,
@@ -79,4 +95,17 @@ def tampered_copy(models_root: Path, tmp_path: Path) -> Path:
     shutil.copytree(models_root / MODEL / "v1", target)
     with (target / "model.joblib").open("ab") as f:
         f.write(b"\x00tampered")
+    return target
+
+
+@pytest.fixture
+def repickled_copy(models_root: Path, tmp_path: Path) -> Path:
+    """A copy of v1 whose model.joblib is another model, with a metadata.json that matches it:
+    what someone who can write models/ can do. Only the spec's digest tells it apart."""
+    target = tmp_path / "repickled" / MODEL / "v1"
+    shutil.copytree(models_root / MODEL / "v1", target)
+    (target / "model.joblib").write_bytes((models_root / MODEL / "v4" / "model.joblib").read_bytes())
+    meta = artifacts.read_metadata(target)
+    meta.artifact.sha256 = artifacts.sha256_file(target / "model.joblib")
+    artifacts.write_json(target / "metadata.json", meta.model_dump(mode="json"))
     return target

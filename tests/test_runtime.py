@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import httpx
@@ -12,9 +14,9 @@ import pytest
 from serving import artifacts, dataset
 from serving.client import GrpcClient, InferenceFailed, RestClient
 from serving.errors import ChecksumMismatch, LibraryVersionMismatch, ServingError
-from serving.server import MLServerProcess, ServerSettings
+from serving.server import MLServerProcess
 
-from .conftest import MODEL, free_ports
+from .conftest import MODEL, TRAINED_DIGESTS, tuned
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ BAD_REQUESTS = {
     "data does not fill shape": (
         {"inputs": [{"name": "input-0", "datatype": "FP64", "shape": [2, 30], "data": [1.0] * 30}]},
         400,
-        "could not decode",
+        "inputs[0].data holds 30 numbers but inputs[0].shape [2, 30] needs 60",
     ),
     "no inputs": ({"inputs": []}, 400, "got 0 tensors"),
     "unknown output": (
@@ -137,16 +139,52 @@ def test_grpc_wrong_shape_is_invalid_argument(mlserver_v1: MLServerProcess) -> N
         GrpcClient(mlserver_v1.grpc_target).infer(MODEL, dataset.sample_rows(2)[:, :5])
 
 
-def test_verify_refuses_a_tampered_artifact_naming_file_and_both_hashes(
+def test_grpc_raw_contents_that_do_not_match_shape_and_datatype_are_invalid_argument(
+    mlserver_v1: MLServerProcess,
+) -> None:
+    # MLServer's converter unpacked these with struct before any runtime code: INTERNAL before
+    import grpc
+    from mlserver.grpc import dataplane_pb2 as pb
+    from mlserver.grpc.dataplane_pb2_grpc import GRPCInferenceServiceStub
+
+    row = dataset.sample_rows(1)
+    request = pb.ModelInferRequest(
+        model_name=MODEL,
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="input-0", datatype="FP64",
+                                                      shape=[1, 30])],
+        raw_input_contents=[row[:, :29].astype("<f8").tobytes()],
+    )
+    with grpc.insecure_channel(mlserver_v1.grpc_target) as channel, pytest.raises(
+        grpc.RpcError
+    ) as err:
+        GRPCInferenceServiceStub(channel).ModelInfer(request, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "raw_input_contents[0] holds 232 bytes but inputs[0].shape [1, 30] of FP64 needs 240" \
+        in (err.value.details() or "")
+
+
+def test_verify_refuses_an_artifact_whose_digest_is_not_the_specs_naming_file_both_hashes_and_fix(
     tampered_copy: Path,
 ) -> None:
-    recorded = artifacts.read_metadata(tampered_copy).artifact.sha256
-    with pytest.raises(ChecksumMismatch) as err:
-        artifacts.verify(tampered_copy)
+    expected = TRAINED_DIGESTS["v1"]
+    with pytest.raises(artifacts.DigestMismatch) as err:
+        artifacts.verify(tampered_copy, expected)
     message = err.value.message
     assert str(tampered_copy / "model.joblib") in message
-    assert recorded in message
+    assert expected in message
     assert artifacts.sha256_file(tampered_copy / "model.joblib") in message
+    assert "model.artifacts.v1" in message and "SERVING_ARTIFACT_DIGESTS" in message
+
+
+def test_verify_still_checks_metadata_json_second(tampered_copy: Path, models_root: Path) -> None:
+    (tampered_copy / "model.joblib").write_bytes(
+        (models_root / MODEL / "v1" / "model.joblib").read_bytes()
+    )
+    meta = artifacts.read_metadata(tampered_copy)
+    meta.artifact.sha256 = "0" * 64
+    artifacts.write_json(tampered_copy / "metadata.json", meta.model_dump(mode="json"))
+    with pytest.raises(ChecksumMismatch, match="metadata.json records 0000"):
+        artifacts.verify(tampered_copy, TRAINED_DIGESTS["v1"])
 
 
 def test_verify_refuses_an_artifact_from_another_scikit_learn(
@@ -159,18 +197,117 @@ def test_verify_refuses_an_artifact_from_another_scikit_learn(
     meta.libraries["scikit-learn"] = "0.0.1"
     artifacts.write_json(tampered_copy / "metadata.json", meta.model_dump(mode="json"))
     with pytest.raises(LibraryVersionMismatch, match="scikit-learn 0.0.1"):
-        artifacts.verify(tampered_copy)
+        artifacts.verify(tampered_copy, TRAINED_DIGESTS["v1"])
+
+
+def refused_at_start(model_dir: Path, log: Path, **env: str) -> str:
+    """MLServer 1.7 shuts down when a model fails to load at start-up: its log says why."""
+    server = MLServerProcess(model_dir, tuned(), extra_env=env, log_path=log)
+    with server, pytest.raises(ServingError, match="exited"):
+        server.wait_ready([MODEL])
+    return log.read_text()
 
 
 def test_mlserver_refuses_to_start_on_a_tampered_artifact(
     tampered_copy: Path, tmp_path: Path
 ) -> None:
-    # MLServer 1.7 shuts down when a model fails to load at start-up; the log says why.
-    log = tmp_path / "mlserver.log"
-    server = MLServerProcess(tampered_copy, ServerSettings.tuned(**free_ports()), log_path=log)
-    with server, pytest.raises(ServingError, match="exited"):
-        server.wait_ready([MODEL])
-    text = log.read_text()
-    recorded = artifacts.read_metadata(tampered_copy).artifact.sha256
+    text = refused_at_start(tampered_copy, tmp_path / "mlserver.log")
     assert f"refusing to load {tampered_copy / 'model.joblib'}" in text
-    assert recorded in text and artifacts.sha256_file(tampered_copy / "model.joblib") in text
+    assert TRAINED_DIGESTS["v1"] in text
+    assert artifacts.sha256_file(tampered_copy / "model.joblib") in text
+
+
+def test_mlserver_refuses_a_repickled_model_whose_metadata_json_matches_it(
+    repickled_copy: Path, tmp_path: Path
+) -> None:
+    # Whoever can write models/ rewrites metadata.json too: only the spec's digest catches it.
+    artifacts.verify(repickled_copy, artifacts.read_metadata(repickled_copy).artifact.sha256)
+    text = refused_at_start(repickled_copy, tmp_path / "mlserver.log")
+    assert f"refusing to load {repickled_copy / 'model.joblib'}" in text
+    assert f"the deployment spec expects {TRAINED_DIGESTS['v1']} for version v1" in text
+    assert "Loaded model" not in text
+
+
+@pytest.mark.parametrize("env", [{"SERVING_ARTIFACT_DIGESTS": ""},
+                                 {"SERVING_ARTIFACT_DIGESTS": f"v2={'a' * 64}"}])
+def test_mlserver_refuses_an_artifact_the_spec_names_no_digest_for(
+    models_root: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    text = refused_at_start(models_root / MODEL / "v1", tmp_path / "mlserver.log", **env)
+    assert "no expected sha256 for version v1" in text
+    assert "model.artifacts.v1" in text and "SERVING_ARTIFACT_DIGESTS" in text
+
+
+def two_versions(models_root: Path, tmp_path: Path) -> Path:
+    for version in ("v1", "v2"):
+        shutil.copytree(models_root / MODEL / version, tmp_path / MODEL / version)
+    return tmp_path / MODEL
+
+
+def point_uri(version_dir: Path, uri: str) -> None:
+    settings_file = version_dir / "model-settings.json"
+    settings = json.loads(settings_file.read_text())
+    settings["parameters"]["uri"] = uri
+    settings_file.write_text(json.dumps(settings))
+
+
+@pytest.mark.parametrize("where", ["sibling", "absolute", "symlink"])
+def test_an_artifact_outside_the_version_folder_is_refused(
+    models_root: Path, tmp_path: Path, where: str
+) -> None:
+    root = two_versions(models_root, tmp_path)
+    v1 = root / "v1"
+    if where == "sibling":
+        point_uri(v1, "../v2/model.joblib")
+    elif where == "absolute":
+        outside = tmp_path / "elsewhere.joblib"
+        shutil.copy(root / "v2" / "model.joblib", outside)
+        point_uri(v1, str(outside))
+    else:
+        (v1 / "model.joblib").unlink()
+        (v1 / "model.joblib").symlink_to(root / "v2" / "model.joblib")
+    with pytest.raises(artifacts.OutsideVersionFolder, match="outside the version's own folder"):
+        artifacts.check_settings(v1)
+    # The runtime refuses it even when the digest it is given is the other file's: what it
+    # serves under v1's label must be v1's folder's.
+    text = refused_at_start(
+        v1, tmp_path / "mlserver.log", SERVING_ARTIFACT_DIGESTS=f"v1={TRAINED_DIGESTS['v2']}"
+    )
+    assert "parameters.uri" in text and "outside the version's own folder" in text
+
+
+def test_the_runtime_never_lets_mlservers_adaptive_batching_merge_requests() -> None:
+    from mlserver.settings import ModelParameters, ModelSettings
+
+    from serving.runtime import VerifiedSKLearnModel, _take_over_batching
+
+    settings = ModelSettings(name=MODEL, implementation=VerifiedSKLearnModel, max_batch_size=32,
+                             max_batch_time=0.001, parameters=ModelParameters(version="v1"))
+    assert _take_over_batching(settings) == (32, 0.001)
+    assert (settings.max_batch_size, settings.max_batch_time) == (0, 0.0)  # MLServer's: off
+    # the inference worker gets these settings and batches the same way
+    worker_copy = ModelSettings.model_validate_json(settings.model_dump_json(by_alias=True))
+    assert _take_over_batching(worker_copy) == (32, 0.001)
+
+
+def test_a_batch_that_fails_is_answered_request_by_request() -> None:
+    import asyncio
+
+    from serving.runtime import RowBatcher
+
+    def compute(rows: np.ndarray, outputs: object) -> dict[str, np.ndarray]:
+        if (rows < 0).any():
+            raise ValueError(f"negative in {len(rows)} rows")
+        return {"predict": rows[:, 0] * 2}
+
+    async def run() -> list[object]:
+        batcher = RowBatcher(compute, max_size=8, max_time=0.01)
+        requests = [np.full((2, 3), float(i)) for i in range(5)] + [np.full((1, 3), -1.0)]
+        return await asyncio.gather(*(batcher.submit(r, ["predict"]) for r in requests),
+                                    return_exceptions=True)
+
+    results = asyncio.run(run())
+    for i, result in enumerate(results[:5]):
+        assert isinstance(result, dict)
+        np.testing.assert_array_equal(result["predict"], [2.0 * i, 2.0 * i])
+    assert isinstance(results[5], ValueError) and "in 1 rows" in str(results[5])

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 from serving import artifacts, dataset, training
 from serving.cli import main
+from serving.k8s.chart import CHART_DIR
+from serving.spec import load_spec
 
 
 def test_two_runs_give_byte_identical_artifacts(tmp_path: Path) -> None:
@@ -82,3 +84,56 @@ def test_cli_train_unknown_version_is_a_clear_error(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["train", "--out", str(tmp_path), "--version", "v9"])
     assert result.exit_code != 0
     assert "unknown version" in result.output and "v1" in result.output
+
+
+def test_the_committed_digests_are_those_of_a_fresh_training(tmp_path: Path) -> None:
+    # The values file binds each version to its artifact; training is deterministic, so the
+    # committed digests must be what anyone gets (else: serving train --record-digests).
+    committed = load_spec(CHART_DIR / "values.yaml").model.artifacts
+    trained = {m.version: m.artifact.sha256 for m in training.train_all(tmp_path)}
+    assert committed == trained
+
+
+def test_cli_train_records_the_digests_in_a_values_file_keeping_its_comments(
+    tmp_path: Path,
+) -> None:
+    values = tmp_path / "values.yaml"
+    text = (CHART_DIR / "values.yaml").read_text()
+    values.write_text(text.replace("  artifacts:\n    v1: ", "  artifacts:\n    v0: \"" + "0" * 64
+                                   + "\"\n    v1: ").replace("d41176b2", "00000000"))
+    result = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "m"), "--version", "v1",
+                                       "--record-digests", str(values)])
+    assert result.exit_code == 0, result.output
+    assert "changed v1; review that change" in result.output
+    recorded = load_spec(values).model.artifacts
+    assert recorded["v1"] == artifacts.sha256_file(tmp_path / "m/breast-cancer/v1/model.joblib")
+    assert recorded["v0"] == "0" * 64  # versions not trained now are kept
+    assert values.read_text().replace("    v0: \"" + "0" * 64 + "\"\n", "") == text
+    again = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "m"), "--version", "v1",
+                                      "--record-digests", str(values)])
+    assert "unchanged" in again.output
+
+
+def test_cli_models_checks_against_the_specs_digests_and_fails_on_a_repickled_model(
+    repickled_copy: Path,
+) -> None:
+    # a re-pickled model with a metadata.json that matches it passes the folder's own check
+    assert artifacts.read_metadata(repickled_copy).artifact.sha256 == artifacts.sha256_file(
+        repickled_copy / "model.joblib")
+    result = CliRunner().invoke(main, ["models", "--models", str(repickled_copy.parents[1])])
+    assert result.exit_code == 3, result.output
+    assert "breast-cancer/v1" in result.output and "FAILED: refusing to load" in result.output
+    assert "the deployment spec expects" in result.output
+    assert "1 of 1 versions" in result.output
+
+
+def test_cli_models_fails_on_a_version_the_spec_has_no_digest_for(
+    models_root: Path, tmp_path: Path
+) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("predictors: [{name: stable, version: v1}]\n")
+    result = CliRunner().invoke(main, ["models", "--models", str(models_root), "--values",
+                                       str(values)])
+    assert result.exit_code == 3
+    assert result.output.count("FAILED: refusing to load") == len(training.RECIPES)
+    assert "no expected sha256 for version v1" in result.output

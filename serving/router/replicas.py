@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..artifacts import version_dir
+from ..artifacts import digest_env, version_dir
 from ..server import MLServerProcess, ServerSettings, free_port
 from ..spec import Predictor
 
@@ -192,7 +192,9 @@ async def start_pool(
         server = MLServerProcess(
             root,
             server_settings,
-            extra_env=dict(predictor.env),
+            # the digest the spec records for this version (model.artifacts), for it alone
+            extra_env={**predictor.env,
+                       **digest_env(settings.artifact_digests, [predictor.version])},
             log_path=log_dir / f"{predictor.name}-{i}.log",
             hidden_env=hidden_env,
             temp_root=temp_root,

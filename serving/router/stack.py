@@ -113,7 +113,8 @@ class LocalStack:
     # -- lifecycle ------------------------------------------------------------------------------
     async def _start_pool(self, predictor: Predictor) -> PredictorPool:
         pool = await start_pool(
-            predictor, self.models_root, self.spec.model.name, self.log_dir, self.server_settings,
+            predictor, self.models_root, self.spec.model.name, self.log_dir,
+            self.server_settings.with_digests(self.spec.model.artifacts),
             hidden_env=self.hidden_env, temp_root=self.run_dir,
         )
         self._pools_started.append(pool)

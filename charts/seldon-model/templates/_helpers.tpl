@@ -60,6 +60,13 @@ NOTES do not depend on the operator's naming scheme. Call with (dict "root" $ "p
 {{- end -}}
 {{- end -}}
 
+{{/* SERVING_ARTIFACT_DIGESTS of a predictor's container: <version>=<model.artifacts[version]>, the
+digest serving.runtime accepts for the one version the container serves. Call with (dict "root" $ "predictor" $p). */}}
+{{- define "seldon-model.artifactDigests" -}}
+{{- $digest := index (.root.Values.model.artifacts | default dict) (toString .predictor.version) | default "" -}}
+{{- printf "%s=%s" (toString .predictor.version) $digest -}}
+{{- end -}}
+
 {{/*
 The predictors with the spec's per-predictor defaults filled in (files/predictor-defaults.json,
 generated from serving/spec.py): Helm merges chart defaults into maps but not into list items.
@@ -161,6 +168,12 @@ servers). Every message names the key and the fix; all problems are reported at 
 {{- $uri := include "seldon-model.modelUri" (dict "root" $ "predictor" $p) -}}
 {{- if not (hasPrefix "pvc://" $uri) -}}
 {{- $errors = append $errors (printf "predictors[%d].modelUri: %q: a custom predictor reads its model from a PersistentVolumeClaim, pvc://<claim>/<path> (the operator downloads s3:// or gs:// only for prepackaged servers); use a PVC or server: SKLEARN_SERVER" $i $uri) -}}
+{{- end -}}
+{{- if hasKey ($p.env | default dict) "SERVING_ARTIFACT_DIGESTS" -}}
+{{- $errors = append $errors (printf "predictors[%d].env.SERVING_ARTIFACT_DIGESTS: the chart sets it from model.artifacts (the digests the spec was reviewed with); remove it and record digests with 'serving train --record-digests charts/seldon-model/values.yaml'" $i) -}}
+{{- end -}}
+{{- if not (index ($.Values.model.artifacts | default dict) (toString $p.version)) -}}
+{{- $errors = append $errors (printf "model.artifacts.%s: no sha256 recorded for version %s (predictors[%d] %s); the runtime refuses to unpickle an artifact the spec does not name. Record it with 'serving train --record-digests charts/seldon-model/values.yaml'" (toString $p.version) (toString $p.version) $i $name) -}}
 {{- end -}}
 {{- end -}}
 {{- if and $p.hpa.enabled (lt (int $p.hpa.maxReplicas) (int $p.hpa.minReplicas)) -}}
