@@ -134,6 +134,13 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19]) if fields else None
 
 
+def process_cpu(pid: int) -> tuple[str, int] | None:
+    """A process's state letter (R running, S sleeping, T stopped, ...) and the CPU time it has
+    used (clock ticks, all threads), or None when it is gone."""
+    fields = _stat_fields(pid)
+    return (fields[0], int(fields[11]) + int(fields[12])) if fields else None
+
+
 def group_members(pgid: int) -> list[int]:
     """The running processes of a process group (zombies excluded)."""
     members = []

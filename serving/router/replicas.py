@@ -42,18 +42,23 @@ class HealthPolicy:
     """Failed checks in a row that take the replica out of the routing table (a 200 brings it
     back)."""
     kill_after: float
-    """Out of rotation and no answer at all for this long: hung. It is killed, so that nginx
-    retries the requests it holds on another replica (`proxy_next_upstream error`), and
-    restarted."""
+    """No answer at all for this long while the process does not run (stopped, or no CPU time
+    used: deadlocked): hung, like a failed liveness probe. It is killed, so that nginx retries
+    the requests it holds on another replica (`proxy_next_upstream error`), and restarted. A
+    replica that is merely busy (it uses CPU) is not."""
+    give_up_after: float
+    """No answer at all for this long, busy or not: killed and restarted too."""
 
 
-PRIMARY_HEALTH = HealthPolicy(interval=0.5, timeout=0.5, failures=2, kill_after=1.5)
+PRIMARY_HEALTH = HealthPolicy(interval=0.5, timeout=0.5, failures=2, kill_after=1.5,
+                              give_up_after=30.0)
 """A hung replica is out of rotation within 1.5 s (the worst case: it hangs just after a check
 answered; the next one starts 0.5 s later and times out, the one after that too), and no request
 waits on it longer than about 1.5 s before going to another replica."""
-SHADOW_HEALTH = HealthPolicy(interval=1.0, timeout=5.0, failures=3, kill_after=60.0)
-"""Shadows run in the idle CPU class, which a busy machine can starve for seconds, and no caller
-waits on them: only a long silence takes them out."""
+SHADOW_HEALTH = HealthPolicy(interval=1.0, timeout=5.0, failures=3, kill_after=60.0,
+                             give_up_after=120.0)
+"""Shadows run in the idle CPU class, which a busy machine can starve for seconds (using no CPU),
+and no caller waits on them: only a long silence takes them out."""
 
 
 @dataclass
@@ -78,6 +83,10 @@ class Replica:
     """When it last answered a health check at all (time.monotonic())."""
     checking: bool = False
     next_check: float = 0.0
+    cpu_ticks: int = -1
+    """CPU time its process had used when last sampled (clock ticks)."""
+    last_progress: float = field(default_factory=time.monotonic)
+    """When its CPU time was last seen to grow (time.monotonic())."""
 
     @property
     def name(self) -> str:
@@ -101,7 +110,7 @@ class Replica:
 
     def became_ready(self) -> None:
         self.alive = True
-        self.ready_since = self.last_answer = time.monotonic()
+        self.ready_since = self.last_answer = self.last_progress = time.monotonic()
         self.failed_checks = 0
         self.restart_at = None
 

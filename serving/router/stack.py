@@ -34,6 +34,7 @@ from ..server import (
     group_members,
     kill_group,
     listener_on,
+    process_cpu,
     process_start_time,
 )
 from ..spec import Predictor, Spec, parse_spec, spec_to_values
@@ -60,6 +61,7 @@ logger = logging.getLogger("serving.router")
 logging.getLogger("httpx").setLevel(logging.WARNING)  # readiness polls are not news
 STATE_FILE = "stack.json"
 HEALTH_TICK = 0.1  # seconds: how often the health checker looks for checks due
+LAG_TOLERANCE = 0.25  # seconds late beyond which a tick or a check timeout means this process lagged
 
 
 class StackCore(RouterCore):
@@ -106,9 +108,10 @@ class LocalStack:
         self.run_dir: Path | None = None
         self._ports = (0, 0)
         self._recorded: list[dict[str, Any]] = []
-        self._start_times: dict[int, int | None] = {}
+        self._start_times: dict[int, int] = {}
         self._pools_started: list[PredictorPool] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lagged_at = 0.0  # when the health checker last saw this process fall behind
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def _start_pool(self, predictor: Predictor) -> PredictorPool:
@@ -240,13 +243,13 @@ class LocalStack:
         handles.append(("shadow worker",
                         self.shadow_worker.process if self.shadow_worker else None))
         records = []
+        known, self._start_times = self._start_times, {}
         for what, process in handles:
             if process is None or process.returncode is not None:
                 continue
-            if process.pid not in self._start_times:
-                self._start_times[process.pid] = process_start_time(process.pid)
-            start = self._start_times[process.pid]
+            start = known.get(process.pid) or process_start_time(process.pid)
             if start is not None:
+                self._start_times[process.pid] = start
                 records.append({"what": what, "pid": process.pid, "start": start})
         return records
 
@@ -346,13 +349,20 @@ class LocalStack:
         """Every replica's readiness (GET /v2/models/<model>/ready), each on its own schedule
         (PRIMARY_HEALTH, SHADOW_HEALTH) and all concurrently, so that a hung one neither delays
         the others' checks nor this loop. Failed checks take a replica out of the routing table,
-        a 200 brings it back; a replica out of rotation that does not answer at all is hung:
-        killed (nginx retries its requests elsewhere) and restarted."""
+        a 200 brings it back. A replica that does not answer at all and does not run (stopped,
+        or no CPU time used) is hung: killed (nginx retries its requests elsewhere) and
+        restarted. Never for this loop's own delays: a check that could not be timed, or a
+        late tick, proves nothing about the replica."""
         # keep-alive below MLServer's 5 s, so that a check never reuses a connection it closes
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=2)
         async with aiohttp.ClientSession(connector=connector) as session:
+            tick = time.monotonic()
             while True:
+                await asyncio.sleep(HEALTH_TICK)
                 now = time.monotonic()
+                if now - tick > HEALTH_TICK + LAG_TOLERANCE:
+                    self._lagged_at = now  # this process was not running: no kill for a while
+                tick = now
                 for pool in list(self.core.state.pools.values()):
                     policy = SHADOW_HEALTH if pool.predictor.shadow else PRIMARY_HEALTH
                     for replica in pool.replicas:
@@ -360,33 +370,50 @@ class LocalStack:
                         if (pool.stopped or replica.name in self._restarting or process is None
                                 or process.poll() is not None):
                             continue
-                        silent = now - replica.last_answer
-                        if (not replica.alive and replica.failed_checks >= policy.failures
-                                and silent >= policy.kill_after):
-                            self._kill_hung(pool, replica, silent)
+                        if self._hung(replica, policy, process.pid, now):
+                            self._kill_hung(pool, replica, now - replica.last_answer)
                         elif not replica.checking and now >= replica.next_check:
                             replica.next_check = now + policy.interval
                             replica.checking = True
-                            self._spawn(self._check(session, replica, policy))
-                await asyncio.sleep(HEALTH_TICK)
+                            self._spawn(self._check(session, pool, replica, policy))
 
-    async def _check(self, session: aiohttp.ClientSession, replica: Replica,
-                     policy: HealthPolicy) -> None:
-        """One health check; its result counts only if the replica was not restarted meanwhile."""
+    def _hung(self, replica: Replica, policy: HealthPolicy, pid: int, now: float) -> bool:
+        sample = process_cpu(pid)
+        if sample is None:
+            return False
+        state, ticks = sample
+        if ticks != replica.cpu_ticks:
+            replica.cpu_ticks, replica.last_progress = ticks, now
+        silent = now - replica.last_answer
+        if replica.failed_checks < policy.failures or now - self._lagged_at < policy.kill_after:
+            return False
+        if silent >= policy.give_up_after:
+            return True
+        not_running = state in "Tt" or now - replica.last_progress >= policy.kill_after
+        return silent >= policy.kill_after and not_running
+
+    async def _check(self, session: aiohttp.ClientSession, pool: PredictorPool,
+                     replica: Replica, policy: HealthPolicy) -> None:
+        """One health check; its result counts only if the replica was not restarted meanwhile
+        and, for a failure, if this process kept time (a timeout that fired late says more
+        about this process than about the replica)."""
         process = replica.server.process
         url = f"{replica.rest_url}/v2/models/{self.spec.model.name}/ready"
         status: int | None = None
+        started = time.monotonic()
         try:
             async with session.get(url, timeout=aiohttp.ClientTimeout(total=policy.timeout)) as r:
                 status = r.status
         except (aiohttp.ClientError, TimeoutError):
-            pass
+            if time.monotonic() - started > policy.timeout + LAG_TOLERANCE:
+                return
         finally:
             replica.checking = False
         if replica.server.process is process and replica.name not in self._restarting:
-            await self._checked(replica, policy, status)
+            await self._checked(pool, replica, policy, status)
 
-    async def _checked(self, replica: Replica, policy: HealthPolicy, status: int | None) -> None:
+    async def _checked(self, pool: PredictorPool, replica: Replica, policy: HealthPolicy,
+                       status: int | None) -> None:
         if status is not None:
             replica.last_answer = time.monotonic()
         if status == 200:
@@ -399,9 +426,17 @@ class LocalStack:
             return
         replica.failed_checks += 1
         if replica.alive and replica.failed_checks >= policy.failures:
-            replica.alive = False
             why = (f"no answer within {policy.timeout:g}s" if status is None
                    else f"answered {status}")
+            if pool.live() == [replica]:
+                # Envoy's panic threshold, in short: slow answers beat 503s. A hung one is
+                # still killed (_hung), and out of rotation while it restarts.
+                if replica.failed_checks == policy.failures:
+                    print(f"replica {replica.name} failed {replica.failed_checks} health checks "
+                          f"in a row ({why}); kept in rotation: it is {pool.name}'s last live "
+                          "replica", flush=True)
+                return
+            replica.alive = False
             print(f"replica {replica.name} failed {replica.failed_checks} health checks in a row "
                   f"({why}); out of rotation", flush=True)
             await self._publish()
