@@ -164,8 +164,7 @@ class ShadowWorker:
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
         self._writer = None
-        if self.process is not None:
-            self.restarts += 1
+        restart = self.process is not None
         # It moves itself to the idle CPU class once it listens (see serve()).
         # Its own process group, like nginx and the model servers: 'serving down' after a
         # crash ends each leftover group without touching the one 'serving up' ran in.
@@ -178,8 +177,11 @@ class ShadowWorker:
                 raise ServingError(f"the shadow worker exited with code "
                                    f"{self.process.returncode} at start")
             if time.monotonic() > deadline:
+                self.process.kill()  # so that the supervisor's next tick starts another
                 raise ServingError(f"the shadow worker did not start within {timeout:g}s")
             await asyncio.sleep(0.02)
+        if restart:  # counted once it listens: status then means mirrored pairs reach it again
+            self.restarts += 1
 
     @property
     def pid(self) -> int | None:
