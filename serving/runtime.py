@@ -178,13 +178,31 @@ class VerifiedSKLearnModel(SKLearnModel):
         self._error_rate = float(os.environ.get("SERVING_FAULT_ERROR_RATE", "0") or 0)
         self._latency_s = float(os.environ.get("SERVING_FAULT_LATENCY_MS", "0") or 0) / 1000
         if self._batch_size > 1 and self._batch_time > 0:
-            self._batcher = RowBatcher(self._compute, self._batch_size, self._batch_time)
+            if self._answers_rows_independently():
+                self._batcher = RowBatcher(self._compute, self._batch_size, self._batch_time)
+            else:
+                logger.warning("%s %s answers a row differently next to other rows: batching "
+                               "stays off", self.name, self.version)
         logger.info(
             "loaded %s %s (sha256 %s matches the spec's; batching %s)", self.name, self.version,
             meta.artifact.sha256[:12],
             f"{self._batch_size} requests / {self._batch_time * 1000:g} ms, of checked rows"
             if self._batcher else "off",
         )
+        return True
+
+    def _answers_rows_independently(self) -> bool:
+        """What RowBatcher relies on, checked on this model: rows answered together get the
+        answers they get alone."""
+        rows = np.random.default_rng(0).normal(size=(6, self._n_features))
+        together = self._compute(rows, self._outputs)
+        for i in range(len(rows)):
+            alone = self._compute(rows[i:i + 1], self._outputs)
+            for name in self._outputs:
+                same = (np.array_equal if name == PREDICT_OUTPUT else
+                        lambda a, b: np.allclose(a, b, rtol=1e-9, atol=1e-12))
+                if not same(together[name][i:i + 1], alone[name]):
+                    return False
         return True
 
     def _verified_artifact(self) -> Path:

@@ -41,7 +41,12 @@ class ServerSettings(BaseModel):
     parallel_workers: int = Field(
         0, description="0 = inference in the server process; MLServer's default is 1 worker"
     )
-    max_batch_size: int = Field(0, description="adaptive batching: requests per batch (0 = off)")
+    max_batch_size: int = Field(
+        0,
+        description="adaptive batching: requests per batch (0 = off). Passed as MLServer's "
+        "setting, but done by serving.runtime on rows it has read and checked one request at a "
+        "time: MLServer's own batching, which merges the requests first, never runs",
+    )
     max_batch_time: float = Field(0.0, description="adaptive batching: seconds to wait for a batch")
     debug: bool = False
     niceness: int = Field(

@@ -311,3 +311,20 @@ def test_a_batch_that_fails_is_answered_request_by_request() -> None:
         assert isinstance(result, dict)
         np.testing.assert_array_equal(result["predict"], [2.0 * i, 2.0 * i])
     assert isinstance(results[5], ValueError) and "in 1 rows" in str(results[5])
+
+
+def test_batching_stays_off_for_a_model_whose_answer_for_a_row_depends_on_the_others(
+    models_root: Path,
+) -> None:
+    from serving.runtime import VerifiedSKLearnModel
+
+    class AboveTheBatchMean:
+        def predict(self, rows: np.ndarray) -> np.ndarray:
+            return (rows[:, 0] > rows[:, 0].mean()).astype(np.int64)
+
+    runtime = VerifiedSKLearnModel.__new__(VerifiedSKLearnModel)
+    runtime._model, runtime._n_features, runtime._outputs = AboveTheBatchMean(), 3, ("predict",)
+    assert not runtime._answers_rows_independently()
+    runtime._model = joblib.load(models_root / MODEL / "v1" / "model.joblib")
+    runtime._n_features, runtime._outputs = 30, ("predict", "predict_proba")
+    assert runtime._answers_rows_independently()
