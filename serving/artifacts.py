@@ -37,6 +37,8 @@ METADATA_FILE = "metadata.json"
 RUNTIME = "serving.runtime.VerifiedSKLearnModel"
 INPUT_NAME = "input-0"
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
+VERSION_FILES = (ARTIFACT_FILE, SETTINGS_FILE, METADATA_FILE)
+"""Everything a version folder holds."""
 WELLKNOWN_ARTIFACTS = ("model.joblib", "model.pickle", "model.pkl")
 """What MLServer looks for when parameters.uri names a folder (mlserver_sklearn)."""
 
@@ -221,11 +223,27 @@ def resolve_artifact(settings_file: Path, uri: str | None) -> Path:
     return target
 
 
+def check_entries(version_dir: Path) -> None:
+    """A version folder holds its three files and nothing else. MLServer puts a model's folder
+    first on Python's import path while it imports the runtime (and its repository folder for
+    good), so a module or package there (serving/, joblib.py, a .pth) would run as code before,
+    or instead of, any check."""
+    extra = sorted(p.name for p in version_dir.iterdir() if p.name not in VERSION_FILES)
+    if extra:
+        raise ArtifactError(
+            f"refusing to serve {version_dir}: it holds {', '.join(extra)} besides "
+            f"{', '.join(VERSION_FILES)}; MLServer imports Python modules from a model's folder, "
+            "so anything else there could run as code. Remove it, or re-run 'serving train' into "
+            "a clean folder."
+        )
+
+
 def check_settings(version_dir: Path) -> tuple[str, Path]:
     """Read <version_dir>/model-settings.json as MLServer would serve it: our runtime, a version,
     an artifact inside the folder, no environment from elsewhere. Returns the version it serves
     and the artifact's path."""
     settings_file = version_dir / SETTINGS_FILE
+    check_entries(version_dir)
     try:
         settings = json.loads(settings_file.read_text())
     except (OSError, ValueError) as e:
@@ -299,6 +317,8 @@ def list_versions(root: Path) -> list[ModelMetadata]:
 
 
 def version_dir(root: Path, model: str, version: str) -> Path:
+    """The folder of model/version under root, checked to be one MLServer may be started on
+    (check_settings: our runtime, an artifact inside it, nothing else in it)."""
     path = root / model / version
     if not (path / SETTINGS_FILE).is_file():
         known = ", ".join(f"{m.model}/{m.version}" for m in list_versions(root)) or "none"
@@ -306,6 +326,7 @@ def version_dir(root: Path, model: str, version: str) -> Path:
             f"no model version {model}/{version} under {root} (known: {known}); "
             "run 'make models' or 'serving train'."
         )
+    check_settings(path)
     return path
 
 

@@ -163,13 +163,12 @@ class VerifiedSKLearnModel(SKLearnModel):
 
     async def load(self) -> bool:
         try:
-            artifact = self._verified_artifact()
+            artifact, meta = self._verified_artifact()
         except ArtifactError as e:
             # MLServer marks the model as failed (and, at start-up, stops).
             logger.error("%s", e.message)
             raise
         self._model = joblib.load(artifact)
-        meta = artifacts.read_metadata(artifact.parent)
         self._n_features = int(getattr(self._model, "n_features_in_", len(meta.dataset.features)))
         final = self._model.steps[-1][-1] if isinstance(self._model, Pipeline) else self._model
         self._outputs = (PREDICT_OUTPUT,) + (
@@ -205,7 +204,7 @@ class VerifiedSKLearnModel(SKLearnModel):
                     return False
         return True
 
-    def _verified_artifact(self) -> Path:
+    def _verified_artifact(self) -> tuple[Path, artifacts.ModelMetadata]:
         source = self._settings._source
         if not source:
             raise ArtifactError(
@@ -213,6 +212,7 @@ class VerifiedSKLearnModel(SKLearnModel):
                 "model-settings.json, so there is no version folder to serve from"
             )
         settings_file = Path(source).resolve()
+        artifacts.check_entries(settings_file.parent)
         params = self._settings.parameters
         for key in ("environment_tarball", "environment_path"):
             if params is not None and getattr(params, key, None):
@@ -228,7 +228,7 @@ class VerifiedSKLearnModel(SKLearnModel):
                 f"refusing to load {artifact}: metadata.json describes model {meta.model} but "
                 f"it is served as {self.name}"
             )
-        return artifact
+        return artifact, meta
 
     # -- requests ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 
 from serving import artifacts, dataset
 from serving.client import GrpcClient, InferenceFailed, RestClient
-from serving.errors import ChecksumMismatch, LibraryVersionMismatch, ServingError
+from serving.errors import ArtifactError, ChecksumMismatch, LibraryVersionMismatch, ServingError
 from serving.server import MLServerProcess
 
 from .conftest import MODEL, TRAINED_DIGESTS, tuned
@@ -328,3 +328,19 @@ def test_batching_stays_off_for_a_model_whose_answer_for_a_row_depends_on_the_ot
     runtime._model = joblib.load(models_root / MODEL / "v1" / "model.joblib")
     runtime._n_features, runtime._outputs = 30, ("predict", "predict_proba")
     assert runtime._answers_rows_independently()
+
+
+def test_a_version_folder_holding_anything_else_is_refused(
+    models_root: Path, tmp_path: Path
+) -> None:
+    # MLServer imports the runtime with the model's folder first on sys.path (and keeps its
+    # repository folder there): a module in it would run as code, so the folder must be clean.
+    v1 = tmp_path / MODEL / "v1"
+    shutil.copytree(models_root / MODEL / "v1", v1)
+    (v1 / "joblib.py").write_text("raise SystemExit('not ours')\n")
+    with pytest.raises(ArtifactError, match="it holds joblib.py besides"):
+        artifacts.version_dir(tmp_path, MODEL, "v1")  # what serving up and serve start from
+    (v1 / "joblib.py").unlink()
+    (v1 / "notes.txt").write_text("harmless, but not ours\n")
+    text = refused_at_start(v1, tmp_path / "mlserver.log")
+    assert "it holds notes.txt besides model.joblib" in text

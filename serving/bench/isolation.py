@@ -11,7 +11,9 @@ good requests were answered right, failed or answered wrongly, and per malformed
 answered (status, and whether the error names the field). Exits non-zero when a good request was
 not answered right or a malformed one was not refused with 400 / INVALID_ARGUMENT naming it.
 
-tests/test_isolation.py runs the same cases against a real MLServer with tuned settings.
+tests/test_isolation.py runs the same cases against a real MLServer with tuned settings. To probe
+an older runtime, copy this file into a worktree of that commit and run it from there (MLServer
+imports `serving` from its working directory first).
 """
 
 from __future__ import annotations
@@ -431,11 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--bad-every", type=int, default=3,
                         help="one malformed request after this many good ones")
-    parser.add_argument("--runtime-from", type=Path, default=None,
-                        help="serve with the serving package of another checkout (its folder goes "
-                        "first on MLServer's PYTHONPATH), e.g. a worktree of an older commit")
     args = parser.parse_args(argv)
-    env = {"PYTHONPATH": str(args.runtime_from.resolve())} if args.runtime_from else {}
     version_dir = args.models / MODEL_NAME / "v1"
     model = joblib.load(version_dir / ARTIFACT_FILE)
     clean = True
@@ -443,8 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = SETTINGS[name](http_port=free_port(), grpc_port=free_port(),
                                   metrics_port=free_port())
         with tempfile.TemporaryDirectory() as tmp:
-            server = MLServerProcess(version_dir, settings, extra_env=env,
-                                     log_path=Path(tmp) / "mlserver.log")
+            server = MLServerProcess(version_dir, settings, log_path=Path(tmp) / "mlserver.log")
             with server:
                 server.wait_ready([MODEL_NAME])
                 report = asyncio.run(probe(server.rest_url, server.grpc_target, model, args.good,
