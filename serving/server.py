@@ -71,11 +71,17 @@ class ServerSettings(BaseModel):
     def tuned(cls, **ports: Any) -> ServerSettings:
         """Inference in the server process, adaptive batching of up to 32 requests within 1 ms.
 
-        Chosen for throughput under concurrent load (`make bench`, 2 cores, single-row requests:
-        about 1.8x MLServer's defaults over REST and 1.25x over gRPC at 16 clients). The price is
-        paid by a lone client, whose request waits out the batch window (uvloop timers make it
-        ~1.1 ms): about 12% fewer requests/s than the defaults at 1 client. Without batching,
-        parallel_workers=0 is the fastest at 1 client but only ~10% ahead of the defaults at 16.
+        The batching is serving.runtime's, of rows it read and checked one request at a time (it
+        takes MLServer's batching settings over: MLServer's own batcher merged the requests
+        before any check, so one malformed request failed or changed the answers of the others).
+        Chosen for throughput under concurrent load (`make bench`, 2 cores, single-row requests,
+        one run for issue 11 on a machine a quarter to a third as fast as before: 1.77x
+        MLServer's defaults over REST and 1.07x over gRPC at 16 clients, where in-process
+        inference without batching reaches 0.96x and 0.87x; MLServer's own batching had reached
+        1.18x and 0.80x in the same kind of run). The price is paid by a lone client, whose
+        request waits out the batch window (uvloop timers make it ~1.1 ms): about 20% fewer
+        requests/s than in-process inference without batching at 1 client (still 1.1x the
+        defaults on that machine, whose inter-process hop cost more than the window).
         """
         return cls(parallel_workers=0, max_batch_size=32, max_batch_time=0.001, **ports)
 
