@@ -38,7 +38,7 @@ $(STAMP): pyproject.toml constraints.txt
 	echo "using $$py"; \
 	[ -x $(BIN)/python ] || "$$py" -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,console,flow]'
 	@touch $@
 
 setup: $(STAMP) ## Create .venv with Python 3.12 and the pinned dependencies (+ nginx, see dataplane)
@@ -56,7 +56,7 @@ dataplane: ## Install nginx + its Lua module (the local router's data plane) fro
 
 lock: ## Re-pin constraints.txt from a fresh resolve of pyproject.toml
 	rm -rf .lock-venv && "$(PYTHON312)" -m venv .lock-venv
-	.lock-venv/bin/pip install --quiet '.[dev]'
+	.lock-venv/bin/pip install --quiet '.[dev,console,flow]'
 	{ head -3 constraints.txt; .lock-venv/bin/pip freeze | grep -vi '^serving'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
