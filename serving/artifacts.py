@@ -380,3 +380,14 @@ def record_digests(values_path: Path, digests: Mapping[str, str]) -> dict[str, s
         raise ArtifactError(f"could not record the digests in {values_path}; add them by hand")
     values_path.write_text(out)
     return merged
+
+
+def load_verified(version_dir: Path, digests: Mapping[str, str]) -> tuple[ModelMetadata, Any]:
+    """The model of `version_dir`, loaded only after every check the runtime makes
+    (check_version, against the spec's `digests`): for callers outside MLServer, such as batch
+    scoring in-process. Returns the metadata and the estimator."""
+    import joblib  # here, not at the top: the CLI imports this module and should start fast
+
+    meta = check_version(version_dir, digests)
+    _, artifact = check_settings(version_dir)
+    return meta, joblib.load(artifact)
