@@ -63,7 +63,7 @@ lock: ## Re-pin constraints.txt from a fresh resolve of pyproject.toml
 models: $(STAMP) ## Train the model versions into models/ (deterministic)
 	$(BIN)/serving train --out $(MODELS)
 
-serve: models ## Serve every model version in one MLServer (REST 8080, gRPC 8081)
+serve: models ## Serve the stable version in one MLServer (REST 8080, gRPC 8081; `serving serve --all` serves every version)
 	$(BIN)/serving serve --models $(MODELS)
 
 up: models ## Start the local stack from the chart's values (router :8003 REST, :8004 gRPC)
