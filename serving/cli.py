@@ -280,6 +280,7 @@ def _register(commands: list[click.Command]) -> None:
 
 
 # Each area keeps its commands next to its code; this file only assembles them.
+from .comparator.commands import COMMANDS as COMPARATOR_COMMANDS  # noqa: E402
 from .demo import demo as demo_command  # noqa: E402
 from .k8s.commands import COMMANDS as K8S_COMMANDS  # noqa: E402
 from .load.commands import COMMANDS as LOAD_COMMANDS  # noqa: E402
@@ -290,6 +291,7 @@ _register(K8S_COMMANDS)
 _register(ROUTER_COMMANDS)
 _register(ROLLOUT_COMMANDS)
 _register(LOAD_COMMANDS)
+_register(COMPARATOR_COMMANDS)
 main.add_command(demo_command)
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from typing import Any, Protocol, TypeVar, cast
 import aiohttp
 import grpc
 
-from .compare import AgreementStats, Comparison, compare, outputs_from_grpc, outputs_from_rest
+from ..agreement import AgreementStats, Comparison, compare, outputs_from_grpc, outputs_from_rest
 from .metrics import RouterMetrics
 from .shadow_batch import (
     BatchKey,

@@ -21,7 +21,7 @@ import orjson
 from mlserver.grpc import dataplane_pb2 as pb
 
 from .. import datatypes
-from .compare import NUMPY_TYPES, _array, grpc_values
+from ..agreement import NUMPY_TYPES, _array, grpc_values
 
 Tensors = list[tuple[str, str, np.ndarray]]  # (name, datatype, array with rows first)
 Decoded = dict[str, tuple[str, np.ndarray]]  # an answer's outputs by name: (datatype, array)

@@ -29,10 +29,10 @@ from typing import Any
 
 import aiohttp
 
+from ..agreement import Comparison
 from ..errors import ServingError
 from ..server import child_env, child_setup
 from ..spec import Shadowing
-from .compare import Comparison
 from .shadow import HandoffConnection, HandoffReceiver, Mirror
 
 logger = logging.getLogger("serving.router")

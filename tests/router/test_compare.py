@@ -7,7 +7,7 @@ from mlserver.codecs import NumpyCodec
 from mlserver.grpc import converters
 from mlserver.types import InferenceResponse, RequestOutput
 
-from serving.router.compare import compare, outputs_from_grpc, outputs_from_rest
+from serving.agreement import compare, outputs_from_grpc, outputs_from_rest
 
 
 def response(labels: list[int], proba: list[list[float]]) -> InferenceResponse:

@@ -1,4 +1,5 @@
-"""Compare a shadow's answer with the primary's, row by row.
+"""Compare a shadow's answer with the primary's, row by row: the one comparison both the local
+stack and the cluster use (the comparator, serving/comparator/, runs it for both).
 
 Classifiers are compared on their labels (the `predict` output) exactly; numeric outputs of other
 models (regressors) within a relative tolerance. Probabilities of two different classifiers always
@@ -16,7 +17,7 @@ import numpy as np
 import orjson
 from mlserver.grpc import dataplane_pb2 as pb
 
-from .. import datatypes
+from . import datatypes
 
 LABEL_OUTPUT = "predict"
 EXACT_TYPES = datatypes.EXACT
@@ -59,11 +60,35 @@ def outputs_from_grpc(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
             for i, o in enumerate(message.outputs)}
 
 
+def inputs_from_rest(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
+    """A V2 REST request's inputs (what the input row of a disagreement is read from)."""
+    return {t["name"]: (t["datatype"], _array(t["data"], t["datatype"], t["shape"]))
+            for t in orjson.loads(body)["inputs"]}
+
+
+def inputs_from_grpc(body: bytes) -> dict[str, tuple[str, np.ndarray]]:
+    message = pb.ModelInferRequest.FromString(body)
+    return {t.name: (t.datatype, _array(grpc_values(t, message.raw_input_contents, i),
+                                        t.datatype, list(t.shape)))
+            for i, t in enumerate(message.inputs)}
+
+
+def rest_response(model: str, outputs: dict[str, tuple[str, np.ndarray]]) -> bytes:
+    """Outputs as a V2 REST response body (the shadow worker's events carry split batch
+    answers in this form)."""
+    return orjson.dumps({"model_name": model, "outputs": [
+        {"name": name, "datatype": dt, "shape": list(arr.shape), "data": arr.reshape(-1)}
+        for name, (dt, arr) in outputs.items()]}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 @dataclass
 class Comparison:
     rows: int
     agreed: int
     detail: str = ""
+    first_disagreement: int | None = None
+    """The first row the two answers differ on (None: they agree, or could not be compared
+    row by row)."""
 
 
 def compare(
@@ -101,7 +126,13 @@ def compare(
     if agreed < len(same):
         first = int(np.argmin(same))
         detail = f"row {first}: primary {_row(primary, first)} vs shadow {_row(shadow, first)}"
+        return Comparison(len(same), agreed, detail, first)
     return Comparison(len(same), agreed, detail)
+
+
+def row(outputs: dict[str, tuple[str, np.ndarray]], i: int) -> dict[str, Any]:
+    """Row `i` of every tensor, as plain JSON values."""
+    return _row(outputs, i)
 
 
 def _row(outputs: dict[str, tuple[str, np.ndarray]], i: int) -> dict[str, Any]:

@@ -1,0 +1,154 @@
+"""The comparator's HTTP service (aiohttp).
+
+    POST /events/primary   a primary predictor's executor logs here (graph logger url)
+    POST /events/shadow    the shadow predictor's executor logs here
+    GET  /metrics          Prometheus exposition (metrics.py)
+    GET  /disagreements    recent disagreements (input row, both answers) and the agreement
+    GET  /health/live, /health/ready
+
+The role is in the path because the executor does not know whether its predictor is the shadow;
+the chart (and a rollout's mirror step, which renders the chart) gives each predictor's graph
+the right URL. A refused event gets a 4xx naming what is wrong and is counted by reason; nothing
+an event holds can stop the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from ..errors import ServingError
+from .events import ROLES, EventError, read_event
+from .matching import Comparator, Settings, Verdict
+
+logger = logging.getLogger("serving.comparator")
+MAX_BODY = 8 * 1024 * 1024
+#: HTTP status per refusal reason
+STATUS = {"unknown_deployment": 404, "unknown_role": 404, "bad_body": 422}
+COMPARATOR_KEY = web.AppKey("comparator", Comparator)
+
+
+def _refuse(comparator: Comparator, reason: str, message: str) -> web.Response:
+    comparator.metrics.refused.labels(reason).inc()
+    return web.json_response({"error": reason, "message": message},
+                             status=STATUS.get(reason, 400))
+
+
+async def take_event(request: web.Request) -> web.Response:
+    comparator = request.app[COMPARATOR_KEY]
+    role = request.match_info["role"]
+    if role not in ROLES:
+        return _refuse(comparator, "unknown_role", f"POST events to /events/primary or "
+                       f"/events/shadow, not /events/{role}")
+    body = await request.read()
+    try:
+        event = read_event(request.headers, body)
+    except EventError as e:
+        return _refuse(comparator, e.reason, e.message)
+    served = comparator.settings.deployments
+    if served and event.deployment not in served:
+        return _refuse(comparator, "unknown_deployment",
+                       f"ce-inferenceservicename {event.deployment!r} is not served here "
+                       f"(served: {', '.join(sorted(served))}); start the comparator with "
+                       "--deployment for it")
+    taken = comparator.take(event, role)
+    return web.Response(status=200 if taken else 208)  # 208: already reported
+
+
+async def metrics(request: web.Request) -> web.Response:
+    comparator = request.app[COMPARATOR_KEY]
+    comparator.expire()
+    return web.Response(body=generate_latest(comparator.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def disagreements(request: web.Request) -> web.Response:
+    comparator = request.app[COMPARATOR_KEY]
+    try:
+        limit = int(request.query.get("limit", "20"))
+    except ValueError:
+        return web.json_response({"error": "limit must be a whole number"}, status=400)
+    recent = list(comparator.disagreements)[-max(limit, 0):] if limit > 0 else []
+    return web.json_response({"agreement": comparator.agreement(),
+                              "disagreements": recent[::-1]})  # newest first
+
+
+async def live(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def make_app(comparator: Comparator) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY)
+    app[COMPARATOR_KEY] = comparator
+    app.add_routes([web.post("/events/{role}", take_event), web.get("/metrics", metrics),
+                    web.get("/disagreements", disagreements), web.get("/health/live", live),
+                    web.get("/health/ready", live)])
+    return app
+
+
+async def _expire_every(comparator: Comparator, seconds: float) -> None:
+    # Waiting entries must expire (and be counted) even when no event comes to trigger it.
+    while True:
+        await asyncio.sleep(seconds)
+        comparator.expire()
+        comparator._gauges()
+
+
+async def serve(host: str, port: int, settings: Settings, telemetry: Path | None = None,
+                ready: asyncio.Event | None = None) -> None:
+    report = None
+    writer: Any = None
+    if telemetry is not None:
+        # Local stack: verdicts also go to the control process, which keeps the router's
+        # counters and `serving status` (telemetry lines, as the shadow worker sends them).
+        from ..router.shadow_worker import TelemetryWriter
+
+        writer = TelemetryWriter(telemetry)
+
+        def report(v: Verdict) -> None:
+            writer.compared(v.shadow, v.primary, 1, v.result)
+
+    comparator = Comparator(settings, report=report)
+    runner = web.AppRunner(make_app(comparator), access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, backlog=1024).start()
+    except OSError as e:
+        await runner.cleanup()
+        raise ServingError(f"the comparator cannot listen on {host}:{port}: {e.strerror}; "
+                           "choose another --port") from None
+    tasks = [asyncio.create_task(_expire_every(comparator, 1.0))]
+    if writer is not None:
+        tasks.append(asyncio.create_task(writer.run()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    logger.warning("comparator listening on http://%s:%d", host, port)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    await runner.cleanup()
+    if writer is not None:
+        await asyncio.sleep(0.15)  # one last report
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def run(host: str, port: int, settings: Settings, telemetry: Path | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, format="comparator: %(message)s")
+    try:
+        import uvloop
+
+        uvloop.run(serve(host, port, settings, telemetry))
+    except ImportError:
+        asyncio.run(serve(host, port, settings, telemetry))
