@@ -2,7 +2,9 @@
 
 models/<model>/<version>/model.joblib         the fitted estimator (joblib)
 models/<model>/<version>/model-settings.json  what MLServer reads: runtime, tensors
-models/<model>/<version>/metadata.json        sha256, dataset, library versions, metrics
+models/<model>/<version>/metadata.json        sha256, dataset, library versions, metrics, proof
+models/<model>/<version>/model.onnx           the same model compiled (serving.compiled), when
+                                              proven to answer like it; absent otherwise
 
 Whoever can write models/ can rewrite all three files, so the sha256 an artifact is checked against
 comes from the deployment spec, not from its folder: `model.artifacts` in the values file maps each
@@ -12,6 +14,11 @@ is deterministic). Launchers carry them to MLServer in the environment variable 
 artifact whose digest is missing or differs before anything unpickles it. metadata.json's sha256 is
 still checked, as a second, informative check. A model-settings.json may only point at a file in
 its own version folder.
+
+The compiled model.onnx is bound the same way, under its own key `<version>/model.onnx` (its path
+under the model's folder, so it can never be read as a version): the runtime loads it only when
+the spec names its digest and the file has it; a compiled file the spec names no digest for is
+ignored (scikit-learn serves), one whose digest differs is refused like a changed model.joblib.
 """
 
 from __future__ import annotations
@@ -34,16 +41,18 @@ from .errors import ArtifactError, ChecksumMismatch, LibraryVersionMismatch
 ARTIFACT_FILE = "model.joblib"
 SETTINGS_FILE = "model-settings.json"
 METADATA_FILE = "metadata.json"
+COMPILED_FILE = "model.onnx"
 RUNTIME = "serving.runtime.VerifiedSKLearnModel"
 INPUT_NAME = "input-0"
 PINNED_LIBRARIES = ("scikit-learn", "numpy", "joblib")
-VERSION_FILES = (ARTIFACT_FILE, SETTINGS_FILE, METADATA_FILE)
-"""Everything a version folder holds."""
+VERSION_FILES = (ARTIFACT_FILE, SETTINGS_FILE, METADATA_FILE, COMPILED_FILE)
+"""Everything a version folder may hold (model.onnx only when the version is compiled)."""
 WELLKNOWN_ARTIFACTS = ("model.joblib", "model.pickle", "model.pkl")
 """What MLServer looks for when parameters.uri names a folder (mlserver_sklearn)."""
 
 DIGESTS_ENV = "SERVING_ARTIFACT_DIGESTS"
-"""Environment variable carrying the expected digests to MLServer: `v1=<sha256>,v2=<sha256>`."""
+"""Environment variable carrying the expected digests to MLServer:
+`v1=<sha256>,v1/model.onnx=<sha256>,v2=<sha256>`."""
 DIGESTS_KEY = "model.artifacts"
 """Where the values file (the deployment spec) keeps them."""
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -88,6 +97,27 @@ class ArtifactRecord(BaseModel):
     bytes: int
 
 
+class ProofRecord(BaseModel):
+    """How the compiled model was proven to answer like scikit-learn (serving.compiled)."""
+
+    rows: dict[str, int] = Field(description="rows compared, by kind: dataset, perturbed, boundary")
+    seed: int
+    proba_tolerance: float = Field(description="largest absolute probability difference allowed")
+    max_proba_difference: float | None = Field(default=None, description="the largest one seen")
+
+
+class CompiledRecord(BaseModel):
+    """The compiled form of a version: its file and proof, or why there is none."""
+
+    file: str | None = Field(default=None, description="model.onnx; None when not compiled")
+    sha256: str | None = None
+    bytes: int | None = None
+    input_type: str | None = Field(default=None, description="FP64 or FP32: what the rows are cast to")
+    libraries: dict[str, str] = Field(description="skl2onnx, onnx, onnxruntime of the proof")
+    proof: ProofRecord
+    reason: str | None = Field(default=None, description="why the version is not compiled")
+
+
 class DatasetRecord(BaseModel):
     name: str
     fingerprint: str = Field(description="sha256 of the train and hold-out arrays")
@@ -109,6 +139,23 @@ class ModelMetadata(BaseModel):
     dataset: DatasetRecord
     libraries: dict[str, str] = Field(description="versions the artifact was pickled with")
     metrics: dict[str, float] = Field(description="hold-out metrics")
+    compiled: CompiledRecord | None = Field(default=None, description="the compiled form (model.onnx)")
+
+
+def compiled_key(version: str) -> str:
+    """The key of a version's compiled file in model.artifacts / DIGESTS_ENV."""
+    return f"{version}/{COMPILED_FILE}"
+
+
+def spec_digests(metas: Iterable[ModelMetadata]) -> dict[str, str]:
+    """What a deployment spec records for these versions: model.joblib's sha256 under the
+    version, model.onnx's (when compiled) under <version>/model.onnx."""
+    digests: dict[str, str] = {}
+    for meta in metas:
+        digests[meta.version] = meta.artifact.sha256
+        if meta.compiled is not None and meta.compiled.sha256:
+            digests[compiled_key(meta.version)] = meta.compiled.sha256
+    return digests
 
 
 def sha256_file(path: Path) -> str:
@@ -175,10 +222,16 @@ def parse_digests(text: str) -> dict[str, str]:
     return digests
 
 
+def digests_for(digests: Mapping[str, str], versions: Iterable[str]) -> dict[str, str]:
+    """The entries of `digests` for these versions: model.joblib's and model.onnx's."""
+    keys = [key for v in versions for key in (v, compiled_key(v))]
+    return {key: digests[key] for key in keys if key in digests}
+
+
 def digest_env(digests: Mapping[str, str], versions: Iterable[str] | None = None) -> dict[str, str]:
     """DIGESTS_ENV for a server of `versions` (all when None); {} when none is known, so the
     server inherits whatever its launcher's environment holds."""
-    wanted = digests if versions is None else {v: digests[v] for v in versions if v in digests}
+    wanted = digests if versions is None else digests_for(digests, versions)
     return {DIGESTS_ENV: format_digests(wanted)} if wanted else {}
 
 
@@ -199,6 +252,40 @@ def expected_digest(
             artifact, version, f"{DIGESTS_ENV} has no entry for {version} (it has: {known})"
         )
     return digests[version]
+
+
+def compiled_digest(version: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The digest the spec expects for `version`'s model.onnx, None when it names none."""
+    environ = os.environ if environ is None else environ
+    return parse_digests(environ.get(DIGESTS_ENV) or "").get(compiled_key(version))
+
+
+def verify_compiled(version_dir: Path, meta: ModelMetadata, expected: str | None) -> Path | str:
+    """The compiled file to serve, checked against the spec's digest; or, as a string, why
+    scikit-learn serves (not compiled, no digest in the spec, a library differs from the
+    proof's). A compiled file whose digest differs from the spec's is refused (DigestMismatch)."""
+    from .compiled import compiler_versions
+
+    record = meta.compiled
+    if record is None or record.file is None:
+        return (record.reason if record and record.reason
+                else "not compiled: metadata.json records no compiled form")
+    path = version_dir / COMPILED_FILE
+    if record.file != COMPILED_FILE or not path.is_file():
+        return f"model.onnx not used: {path} is missing"
+    if expected is None:
+        return (f"model.onnx not used: the spec names no digest for it "
+                f"({DIGESTS_KEY}.{compiled_key(meta.version)}; '{RECORD_HINT}')")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DigestMismatch(path, compiled_key(meta.version), expected, actual)
+    if actual != record.sha256:
+        raise ChecksumMismatch(str(path), record.sha256 or "none", actual)
+    installed = compiler_versions()["onnxruntime"]
+    if record.libraries.get("onnxruntime") != installed:
+        return (f"model.onnx not used: it was proven with onnxruntime {record.libraries.get('onnxruntime')}, "
+                f"{installed} is installed (re-run 'serving train')")
+    return path
 
 
 def resolve_artifact(settings_file: Path, uri: str | None) -> Path:
@@ -344,7 +431,9 @@ def record_digests(values_path: Path, digests: Mapping[str, str]) -> dict[str, s
     text = values_path.read_text()
     lines = text.splitlines()
     current = ((yaml.safe_load(text) or {}).get("model") or {}).get("artifacts") or {}
-    merged = {**current, **digests}
+    retrained = {key for key in digests if "/" not in key}  # a version no longer compiled:
+    stale = {compiled_key(v) for v in retrained} - set(digests)  # its old model.onnx key goes
+    merged = {k: d for k, d in {**current, **digests}.items() if k not in stale}
     try:
         start = lines.index("model:")
     except ValueError:
@@ -365,9 +454,9 @@ def record_digests(values_path: Path, digests: Mapping[str, str]) -> dict[str, s
     section = lines[start + 1:end]
     at = next((i for i, ln in enumerate(section) if ln.startswith("  artifacts:")), None)
     if at is None:
-        comment = (f"  ## @param {DIGESTS_KEY} sha256 of each version's model.joblib; the runtime "
-                   "refuses an artifact whose digest is missing or differs (recorded by "
-                   f"'{RECORD_HINT}')")
+        comment = (f"  ## @param {DIGESTS_KEY} sha256 of each version's model.joblib (and of its "
+                   "compiled <version>/model.onnx); the runtime refuses an artifact whose digest "
+                   f"is missing or differs (recorded by '{RECORD_HINT}')")
         section += [comment] + block
     else:
         stop = at + 1
@@ -380,6 +469,21 @@ def record_digests(values_path: Path, digests: Mapping[str, str]) -> dict[str, s
         raise ArtifactError(f"could not record the digests in {values_path}; add them by hand")
     values_path.write_text(out)
     return merged
+
+
+def load_verified_predictor(version_dir: Path, digests: Mapping[str, str]) -> tuple[ModelMetadata, Any]:
+    """Like load_verified, but returns a serving.compiled predictor: the compiled model when
+    the version has one the spec's digests bind (and proven with the installed onnxruntime),
+    else scikit-learn's. Its `kind` says which; its `reason` why scikit-learn serves."""
+    from .compiled import OnnxPredictor, SklearnPredictor
+
+    meta, estimator = load_verified(version_dir, digests)
+    compiled = verify_compiled(version_dir, meta, digests.get(compiled_key(meta.version)))
+    if isinstance(compiled, Path) and meta.compiled and meta.compiled.input_type:
+        return meta, OnnxPredictor(compiled, meta.compiled.input_type)
+    predictor = SklearnPredictor(estimator)
+    predictor.reason = str(compiled)
+    return meta, predictor
 
 
 def load_verified(version_dir: Path, digests: Mapping[str, str]) -> tuple[ModelMetadata, Any]:

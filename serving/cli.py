@@ -57,12 +57,10 @@ def train(out: Path, versions: tuple[str, ...], values_path: Path | None) -> Non
         )
     if values_path is not None:
         before = dict(load_spec(values_path).model.artifacts)
-        recorded = artifacts.record_digests(
-            values_path, {m.version: m.artifact.sha256 for m in metas}
-        )
+        recorded = artifacts.record_digests(values_path, artifacts.spec_digests(metas))
         changed = sorted(v for v, d in recorded.items() if before.get(v) != d)
         click.echo(
-            f"recorded {len(metas)} digests in {values_path} ({artifacts.DIGESTS_KEY}): "
+            f"recorded the digests of {len(metas)} versions in {values_path} ({artifacts.DIGESTS_KEY}): "
             + (f"changed {', '.join(changed)}; review that change" if changed else "unchanged")
         )
 
@@ -212,7 +210,7 @@ def serve(
     }
     settings = (
         ServerSettings.mlserver_defaults(**ports) if defaults else ServerSettings.tuned(**ports)
-    ).model_copy(update={"artifact_digests": {v: spec.model.artifacts[v] for v in served}})
+    ).model_copy(update={"artifact_digests": artifacts.digests_for(spec.model.artifacts, served)})
     with tempfile.TemporaryDirectory(prefix="serving-serve-") as tmp:
         if len(served) == 1:
             repository = artifacts.version_dir(root, model, served[0])

@@ -4,6 +4,9 @@
   version (SERVING_ARTIFACT_DIGESTS, from the values file's model.artifacts; never from the model
   folder), its model-settings.json points inside its own folder, and metadata.json agrees (sha256,
   library versions): unpickling runs code, so a swapped file must never be loaded;
+- serves the version's compiled form (model.onnx, run by ONNX Runtime; serving.compiled) when
+  training proved it answers like scikit-learn and the spec binds its digest, else the
+  scikit-learn model; the log and the V2 model metadata (parameters.serving_predictor) say which;
 - returns class probabilities next to labels when the client asks for no particular output;
 - reads every request on its own and answers anything malformed (shape, datatype, data that does
   not fill the shape, non-numbers, NaN, outputs, content types; over gRPC also raw_input_contents)
@@ -31,12 +34,19 @@ import numpy as np
 from mlserver.codecs import NumpyCodec
 from mlserver.errors import InferenceError, MLServerError
 from mlserver.settings import ModelSettings
-from mlserver.types import InferenceRequest, InferenceResponse, RequestInput
+from mlserver.types import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataModelResponse,
+    Parameters,
+    RequestInput,
+)
 from mlserver_sklearn import SKLearnModel
 from mlserver_sklearn.sklearn import PREDICT_OUTPUT, PREDICT_PROBA_OUTPUT
 from sklearn.pipeline import Pipeline
 
 from . import artifacts, datatypes
+from .compiled import OnnxPredictor, Predictor, SklearnPredictor
 from .errors import ArtifactError
 
 # under MLServer's logger, so its handlers (and log format) show these lines
@@ -164,11 +174,23 @@ class VerifiedSKLearnModel(SKLearnModel):
     async def load(self) -> bool:
         try:
             artifact, meta = self._verified_artifact()
+            compiled = artifacts.verify_compiled(
+                artifact.parent, meta, artifacts.compiled_digest(self.version or meta.version))
         except ArtifactError as e:
             # MLServer marks the model as failed (and, at start-up, stops).
             logger.error("%s", e.message)
             raise
         self._model = joblib.load(artifact)
+        self._predictor: Predictor
+        if isinstance(compiled, Path) and meta.compiled and meta.compiled.input_type:
+            self._predictor = OnnxPredictor(compiled, meta.compiled.input_type)
+            self._served_by = (f"onnxruntime {meta.compiled.libraries['onnxruntime']} "
+                               f"(model.onnx, sha256 {meta.compiled.sha256}, {meta.compiled.input_type})")
+        else:
+            self._predictor = SklearnPredictor(self._model)
+            self._predictor.reason = str(compiled)
+            self._served_by = f"scikit-learn (model.joblib); {compiled}"
+        logger.info("%s %s is served by %s", self.name, self.version, self._served_by)
         self._n_features = int(getattr(self._model, "n_features_in_", len(meta.dataset.features)))
         final = self._model.steps[-1][-1] if isinstance(self._model, Pipeline) else self._model
         self._outputs = (PREDICT_OUTPUT,) + (
@@ -230,6 +252,14 @@ class VerifiedSKLearnModel(SKLearnModel):
             )
         return artifact, meta
 
+    async def metadata(self) -> MetadataModelResponse:
+        """MLServer's, plus which predictor answers (V2 metadata, REST and gRPC)."""
+        response = await super().metadata()
+        parameters = response.parameters or Parameters()
+        extra = {"serving_predictor": self._predictor.kind, "serving_served_by": self._served_by}
+        response.parameters = Parameters(**parameters.model_dump(exclude_none=True), **extra)
+        return response
+
     # -- requests ---------------------------------------------------------------------------
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
@@ -250,7 +280,7 @@ class VerifiedSKLearnModel(SKLearnModel):
 
     def _compute(self, rows: Rows, outputs: Sequence[str]) -> Answer:
         try:
-            return {name: getattr(self._model, name)(rows) for name in outputs}
+            return self._predictor.answer(rows, outputs)
         except ValueError as e:
             # scikit-learn refusing the values, e.g. beyond float32 for a tree ensemble
             raise InferenceError(f"inputs[0].data: the model refused these values: {e}") from e

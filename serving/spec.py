@@ -120,9 +120,10 @@ class Model(_Values):
     artifacts: dict[
         Annotated[str, Field(min_length=1)], Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     ] = Field(default_factory=dict)
-    """sha256 of each version's model.joblib ('serving train --record-digests'). The runtime
-    unpickles an artifact only when its digest is the one recorded here for its version: it gets
-    them in SERVING_ARTIFACT_DIGESTS, never from the model folder."""
+    """sha256 of each version's model.joblib, and under <version>/model.onnx of its compiled form
+    ('serving train --record-digests'). The runtime unpickles an artifact only when its digest is
+    the one recorded here for its version, and serves a compiled form only when its digest is
+    recorded and matches: it gets them in SERVING_ARTIFACT_DIGESTS, never from the model folder."""
 
 
 #: the longest interval between two hand-overs of mirrored pairs (Shadowing.handoff_seconds)

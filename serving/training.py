@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
@@ -18,9 +19,10 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from . import dataset
+from . import compiled, dataset
 from .artifacts import (
     ARTIFACT_FILE,
+    COMPILED_FILE,
     METADATA_FILE,
     SETTINGS_FILE,
     ArtifactRecord,
@@ -106,6 +108,17 @@ def train_version(recipe: VersionRecipe, data: dataset.Dataset, out_root: Path) 
     joblib.dump(estimator, buffer)
     artifact.write_bytes(buffer.getvalue())
 
+    # the compiled form, proven on the whole dataset and on perturbed rows (serving.compiled)
+    outcome = compiled.compile_version(estimator, np.vstack([data.x_train, data.x_test]))
+    compiled_path = target / COMPILED_FILE
+    record = outcome.record
+    if outcome.onnx is not None:
+        compiled_path.write_bytes(outcome.onnx)
+        record = record.model_copy(
+            update={"sha256": sha256_file(compiled_path), "bytes": len(outcome.onnx)})
+    else:
+        compiled_path.unlink(missing_ok=True)  # a stale one from an earlier training
+
     write_json(
         target / SETTINGS_FILE,
         model_settings(MODEL_NAME, recipe.version, data.n_features, len(data.class_names)),
@@ -129,6 +142,7 @@ def train_version(recipe: VersionRecipe, data: dataset.Dataset, out_root: Path) 
         ),
         libraries=library_versions(),
         metrics=metrics,
+        compiled=record,
     )
     write_json(target / METADATA_FILE, meta.model_dump(mode="json"))
     return meta

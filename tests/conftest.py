@@ -41,7 +41,7 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     environment (local stacks started by `serving up` get them from the committed values file,
     which test_training checks against a fresh training)."""
     root = tmp_path_factory.mktemp("models")
-    TRAINED_DIGESTS.update({m.version: m.artifact.sha256 for m in training.train_all(root)})
+    TRAINED_DIGESTS.update(artifacts.spec_digests(training.train_all(root)))
     return root
 
 

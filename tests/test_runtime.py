@@ -316,6 +316,7 @@ def test_a_batch_that_fails_is_answered_request_by_request() -> None:
 def test_batching_stays_off_for_a_model_whose_answer_for_a_row_depends_on_the_others(
     models_root: Path,
 ) -> None:
+    from serving.compiled import OnnxPredictor, SklearnPredictor
     from serving.runtime import VerifiedSKLearnModel
 
     class AboveTheBatchMean:
@@ -323,10 +324,13 @@ def test_batching_stays_off_for_a_model_whose_answer_for_a_row_depends_on_the_ot
             return (rows[:, 0] > rows[:, 0].mean()).astype(np.int64)
 
     runtime = VerifiedSKLearnModel.__new__(VerifiedSKLearnModel)
-    runtime._model, runtime._n_features, runtime._outputs = AboveTheBatchMean(), 3, ("predict",)
+    runtime._predictor = SklearnPredictor(AboveTheBatchMean())
+    runtime._n_features, runtime._outputs = 3, ("predict",)
     assert not runtime._answers_rows_independently()
-    runtime._model = joblib.load(models_root / MODEL / "v1" / "model.joblib")
+    runtime._predictor = SklearnPredictor(joblib.load(models_root / MODEL / "v1" / "model.joblib"))
     runtime._n_features, runtime._outputs = 30, ("predict", "predict_proba")
+    assert runtime._answers_rows_independently()
+    runtime._predictor = OnnxPredictor(models_root / MODEL / "v2" / "model.onnx", "FP32")
     assert runtime._answers_rows_independently()
 
 

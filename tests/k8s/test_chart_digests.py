@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.artifacts import DIGESTS_ENV, parse_digests
+from serving.artifacts import DIGESTS_ENV, compiled_key, parse_digests
 from serving.k8s.errors import ChartError
 from serving.spec import load_spec
 
@@ -24,7 +24,10 @@ def digests_of(sdep: dict, name: str) -> dict[str, str]:  # type: ignore[type-ar
 def test_every_custom_predictor_gets_the_digest_of_its_own_version_from_model_artifacts() -> None:
     sdep = sdep_of()
     for p in SPEC.predictors:
-        assert digests_of(sdep, p.name) == {p.version: SPEC.model.artifacts[p.version]}
+        assert digests_of(sdep, p.name) == {  # model.joblib's, and model.onnx's when compiled
+            key: SPEC.model.artifacts[key] for key in (p.version, compiled_key(p.version))
+            if key in SPEC.model.artifacts}
+        assert compiled_key(p.version) in digests_of(sdep, p.name)  # v1-v3 are compiled
 
 
 def test_a_rollout_to_another_version_renders_that_versions_digest() -> None:

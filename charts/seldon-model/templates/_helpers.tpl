@@ -61,10 +61,17 @@ NOTES do not depend on the operator's naming scheme. Call with (dict "root" $ "p
 {{- end -}}
 
 {{/* SERVING_ARTIFACT_DIGESTS of a predictor's container: <version>=<model.artifacts[version]>, the
-digest serving.runtime accepts for the one version the container serves. Call with (dict "root" $ "predictor" $p). */}}
+digest serving.runtime accepts for the one version the container serves, and
+<version>/model.onnx=<digest> when the version's compiled form has one. Call with (dict "root" $ "predictor" $p). */}}
 {{- define "seldon-model.artifactDigests" -}}
-{{- $digest := index (.root.Values.model.artifacts | default dict) (toString .predictor.version) | default "" -}}
-{{- printf "%s=%s" (toString .predictor.version) $digest -}}
+{{- $artifacts := .root.Values.model.artifacts | default dict -}}
+{{- $version := toString .predictor.version -}}
+{{- $digest := index $artifacts $version | default "" -}}
+{{- printf "%s=%s" $version $digest -}}
+{{- $compiled := printf "%s/model.onnx" $version -}}
+{{- if index $artifacts $compiled -}}
+{{- printf ",%s=%s" $compiled (index $artifacts $compiled) -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
