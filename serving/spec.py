@@ -185,6 +185,24 @@ class RouterSettings(_Values):
 # Sections below only shape the Kubernetes side (charts/seldon-model); the local stack ignores them.
 
 
+class ComparatorSettings(_Values):
+    """The comparator (`serving comparator`): shadow agreement from the executors' payload logs."""
+
+    enabled: bool = True
+    """Run the comparator; when there is a shadow, every predictor's graph logs its requests and
+    answers to it (Seldon's payload logger), so a mirror step can be judged on the cluster."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    """Port the comparator listens on in its pod (the executors post to it)."""
+    ttl_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """How long a request, an answer or a shadow's exchange waits for its other half; what
+    expires is counted (seldon_comparator_unmatched)."""
+    max_pending: Annotated[int, Field(ge=100)] = 10_000
+    """Entries each of its waiting rooms holds at most; the oldest is evicted, and counted."""
+    resources: Resources = Field(default_factory=lambda: Resources(
+        requests={"cpu": "100m", "memory": "128Mi"}, limits={"memory": "512Mi"}))
+    """Kubernetes resources of the comparator's container (one replica: pairing is in memory)."""
+
+
 class Image(_Values):
     repository: Annotated[str, Field(min_length=1)] = "serving-runtime"
     """This project's runtime image (the top-level Dockerfile), for custom predictors and helm test."""
@@ -261,6 +279,7 @@ class Spec(_Values):
     model: Model = Field(default_factory=Model)
     predictors: list[Predictor]
     router: RouterSettings = Field(default_factory=RouterSettings)
+    comparator: ComparatorSettings = Field(default_factory=ComparatorSettings)
     image: Image = Field(default_factory=Image)
     network_policy: NetworkPolicySettings = Field(default_factory=NetworkPolicySettings)
     monitoring: Monitoring = Field(default_factory=Monitoring)

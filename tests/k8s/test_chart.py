@@ -25,8 +25,9 @@ def render(values: dict[str, Any] | None = None) -> chart.Rendered:
     return chart.render(values)
 
 
-def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [obj] = [o for o in objects if o["kind"] == kind]
+def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    [obj] = [o for o in objects
+             if o["kind"] == kind and name in (None, o["metadata"]["name"])]
     return obj
 
 
@@ -129,6 +130,8 @@ def test_every_pod_meets_pod_security_restricted() -> None:
         for c in p["componentSpecs"]
     ]
     pod_specs.append(one(rendered.hooks, "Pod")["spec"])
+    pod_specs.append(one(rendered.objects, "Deployment", "breast-cancer-comparator")["spec"][
+        "template"]["spec"])
     for spec in pod_specs:
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -215,7 +218,7 @@ def ns(name: str) -> str:
 
 
 def test_the_network_policy_admits_only_the_ingress_prometheus_and_the_helm_test() -> None:
-    policy = one(render().objects, "NetworkPolicy")
+    policy = one(render().objects, "NetworkPolicy", "breast-cancer-model-pods")
     assert policy["spec"]["podSelector"] == {
         "matchLabels": {"seldon-deployment-id": "breast-cancer"}
     }
@@ -242,7 +245,8 @@ def test_monitors_are_optional_and_select_the_deployments_pods_and_predictor_ser
             }
         }
     ).objects
-    pod_monitor, service_monitor = one(objects, "PodMonitor"), one(objects, "ServiceMonitor")
+    pod_monitor = one(objects, "PodMonitor", "breast-cancer")
+    service_monitor = one(objects, "ServiceMonitor", "breast-cancer")
     assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert pod_monitor["spec"]["podMetricsEndpoints"] == [
         {"port": "metrics", "path": "/prometheus", "interval": "15s"}
@@ -319,6 +323,82 @@ def test_notes_tell_the_traffic_split_and_how_to_check_it() -> None:
     assert "helm test breast-cancer -n models" in notes
 
 
+COMPARATOR = "breast-cancer-comparator"
+
+
+def test_with_a_shadow_every_predictors_graph_logs_to_the_comparator_by_role() -> None:
+    loggers = {p["name"]: p["graph"].get("logger") for p in sdep_of()["spec"]["predictors"]}
+    base = f"http://{COMPARATOR}.models.svc.cluster.local:8080/events"
+    assert loggers == {"stable": {"mode": "all", "url": f"{base}/primary"},
+                       "canary": {"mode": "all", "url": f"{base}/primary"},
+                       "shadow": {"mode": "all", "url": f"{base}/shadow"}}
+    # no shadow: nothing to compare, no events; comparator.enabled false: no loggers either
+    no_shadow = {"predictors": [{"name": "stable", "version": "v1", "traffic": 100}]}
+    rendered = render(no_shadow)
+    assert all("logger" not in p["graph"]
+               for p in one(rendered.objects, "SeldonDeployment")["spec"]["predictors"])
+    # ... but the comparator runs, so that a rollout's mirror step (it re-renders only the
+    # SeldonDeployment) finds it
+    assert one(rendered.objects, "Deployment", COMPARATOR)
+    off = render({"comparator": {"enabled": False}})
+    assert all("logger" not in p["graph"]
+               for p in one(off.objects, "SeldonDeployment")["spec"]["predictors"])
+    assert COMPARATOR not in {o["metadata"]["name"] for o in off.objects}
+
+
+def test_the_comparator_runs_hardened_with_probes_resources_and_the_deployment_name() -> None:
+    objects = render({"comparator": {"port": 8181, "ttlSeconds": 12, "maxPending": 500}}).objects
+    deployment = one(objects, "Deployment", COMPARATOR)
+    assert deployment["spec"]["replicas"] == 1  # pairing is in memory
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    [container] = pod["containers"]
+    assert container["command"] == [
+        "serving", "comparator", "--host=0.0.0.0", "--port=8181", "--deployment=breast-cancer",
+        "--ttl=12", "--max-pending=500", "--rtol=1e-06"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                      "limits": {"memory": "512Mi"}}
+    assert {container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe",
+                                                       "livenessProbe")} == {
+        "/health/live", "/health/ready"}
+    service = one(objects, "Service", COMPARATOR)
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8181, "targetPort": "http",
+                                         "protocol": "TCP"}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    # the executors' logger URL follows the port
+    sdep = one(objects, "SeldonDeployment")
+    assert sdep["spec"]["predictors"][0]["graph"]["logger"]["url"].endswith(
+        ":8181/events/primary")
+
+
+def test_only_the_executors_and_prometheus_reach_the_comparator() -> None:
+    objects = render().objects
+    policy = one(objects, "NetworkPolicy", COMPARATOR)
+    labels = one(objects, "Deployment", COMPARATOR)["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"] == {"matchLabels": labels}
+    [rule] = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert rule["from"] == [{"podSelector": {"matchLabels": {
+                                "seldon-deployment-id": "breast-cancer"}}},
+                            json.loads(ns("monitoring"))]
+
+
+def test_monitors_scrape_the_comparator_too() -> None:
+    objects = render({"monitoring": {"podMonitor": {"enabled": True},
+                                     "serviceMonitor": {"enabled": True}}}).objects
+    labels = one(objects, "Deployment", COMPARATOR)["spec"]["template"]["metadata"]["labels"]
+    pod_monitor = one(objects, "PodMonitor", COMPARATOR)
+    assert pod_monitor["spec"]["selector"] == {"matchLabels": labels}
+    assert pod_monitor["spec"]["podMetricsEndpoints"] == [
+        {"port": "http", "path": "/metrics", "interval": "15s"}]
+    service_monitor = one(objects, "ServiceMonitor", COMPARATOR)
+    assert service_monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    # the model pods' ServiceMonitor does not select the comparator's Service (no seldon label)
+    service_labels = one(objects, "Service", COMPARATOR)["metadata"]["labels"]
+    assert "seldon-deployment-id" not in service_labels
+
+
 def test_helm_lint_strict_finds_nothing() -> None:
     assert chart.lint() == []
 
@@ -348,7 +428,7 @@ def test_helm_lint_strict_finds_nothing() -> None:
             ]
         },
     ],
-    ids=["defaults", "monitors", "hpa-pdb-sklearn"],
+    ids=["defaults", "monitors", "hpa-pdb-sklearn"],  # the last: no shadow, no loggers
 )
 def test_every_rendered_object_passes_kubernetes_schemas_and_the_seldon_crd(
     values: dict[str, Any] | None, needs_crd: Path

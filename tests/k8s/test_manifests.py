@@ -28,7 +28,8 @@ def test_the_manifest_is_kubectl_appliable_and_leaves_the_helm_test_out() -> Non
         for d in yaml.safe_load_all((manifests.MANIFESTS_DIR / manifests.MANIFEST_FILE).read_text())
         if d
     ]
-    assert [d["kind"] for d in docs] == ["NetworkPolicy", "ConfigMap", "SeldonDeployment"]
+    assert [d["kind"] for d in docs] == ["NetworkPolicy", "NetworkPolicy", "ConfigMap",
+                                         "SeldonDeployment", "Deployment", "Service"]
     assert all(d["metadata"]["namespace"] == "models" for d in docs)
     assert not any("helm.sh/hook" in (d["metadata"].get("annotations") or {}) for d in docs)
 
