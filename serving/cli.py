@@ -278,6 +278,7 @@ def _register(commands: list[click.Command]) -> None:
 
 
 # Each area keeps its commands next to its code; this file only assembles them.
+from .batch.commands import COMMANDS as BATCH_COMMANDS  # noqa: E402
 from .comparator.commands import COMMANDS as COMPARATOR_COMMANDS  # noqa: E402
 from .demo import demo as demo_command  # noqa: E402
 from .k8s.commands import COMMANDS as K8S_COMMANDS  # noqa: E402
@@ -289,6 +290,7 @@ _register(K8S_COMMANDS)
 _register(ROUTER_COMMANDS)
 _register(ROLLOUT_COMMANDS)
 _register(LOAD_COMMANDS)
+_register(BATCH_COMMANDS)
 _register(COMPARATOR_COMMANDS)
 main.add_command(demo_command)
 
