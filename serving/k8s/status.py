@@ -30,6 +30,32 @@ def _wanted(p: dict[str, Any]) -> str:
     return str(p.get("replicas", 1))
 
 
+def predictor_rows(sdep: dict[str, Any], spec: Spec | None = None) -> list[dict[str, Any]]:
+    """Per predictor on the cluster: name, version, shadow, traffic, the values' traffic where it
+    differs (else None), replicas wanted and ready ("available/replicas", "-" before any)."""
+    declared = {p.name: p for p in spec.predictors} if spec else {}
+    rows = []
+    for p in sdep["spec"].get("predictors") or []:
+        traffic = int(p.get("traffic", 0))
+        want = declared.get(p["name"])
+        differs = (want is not None and want.traffic != traffic
+                   and (bool(p.get("shadow")) or len(declared) > 1))
+        rows.append({"name": p["name"], "version": (p.get("labels") or {}).get("version", "?"),
+                     "shadow": bool(p.get("shadow")), "traffic": traffic,
+                     "valuesTraffic": want.traffic if differs and want else None,
+                     "wanted": _wanted(p), "ready": _ready(sdep, p["name"])})
+    return rows
+
+
+def cluster_sdep(values_path: str | Path, kubeconfig: str | None = None,
+                 context: str | None = None, *, api: DynamicClient | None = None
+                 ) -> tuple[dict[str, Any], Spec]:
+    """The SeldonDeployment a values file describes, as the cluster has it, and the spec."""
+    spec = load_spec(values_path)
+    api = api or connect(kubeconfig, context)
+    return get_sdep(api, spec.deployment.namespace, spec.deployment.name), spec
+
+
 def format_status(sdep: dict[str, Any], spec: Spec | None = None) -> str:
     meta, status = sdep["metadata"], sdep.get("status") or {}
     declared = {p.name: p for p in spec.predictors} if spec else {}
@@ -38,14 +64,11 @@ def format_status(sdep: dict[str, Any], spec: Spec | None = None) -> str:
         f" (generation {meta.get('generation', '?')}, observed {status.get('observedGeneration', '?')})"
     ]
     rows = [("PREDICTOR", "VERSION", "TRAFFIC", "REPLICAS", "READY")]
-    for p in sdep["spec"].get("predictors") or []:
-        traffic = int(p.get("traffic", 0))
-        shown = f"mirror {traffic}%" if p.get("shadow") else f"{traffic}%"
-        want = declared.get(p["name"])
-        if want is not None and want.traffic != traffic and (p.get("shadow") or len(declared) > 1):
-            shown += f" (values: {want.traffic}%)"
-        version = (p.get("labels") or {}).get("version", "?")
-        rows.append((p["name"], version, shown, _wanted(p), _ready(sdep, p["name"])))
+    for r in predictor_rows(sdep, spec):
+        shown = f"mirror {r['traffic']}%" if r["shadow"] else f"{r['traffic']}%"
+        if r["valuesTraffic"] is not None:
+            shown += f" (values: {r['valuesTraffic']}%)"
+        rows.append((r["name"], r["version"], shown, r["wanted"], r["ready"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines += [
         "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -71,7 +94,5 @@ def cluster_status(
     api: DynamicClient | None = None,
 ) -> str:
     """The cluster's view of the deployment a values file describes (for `serving status --cluster`)."""
-    spec = load_spec(values_path)
-    api = api or connect(kubeconfig, context)
-    sdep = get_sdep(api, spec.deployment.namespace, spec.deployment.name)
+    sdep, spec = cluster_sdep(values_path, kubeconfig, context, api=api)
     return format_status(sdep, spec)

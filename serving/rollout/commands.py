@@ -129,12 +129,20 @@ def start(version: str, env_pairs: tuple[str, ...], detach: bool, values_path: s
         if not sep:
             raise ServingError(f"--env {pair!r}: expected KEY=VALUE")
         env[key] = value
-    status = begin(target, version, env)
-    click.echo(status.message)
     if detach:
-        target.backend.apply(desired_predictors(status, target.plan))
+        click.echo(start_detached(target, version, env).message)
         return
+    click.echo(begin(target, version, env).message)
     _drive(target)
+
+
+def start_detached(target: Target, version: str, env: dict[str, str] | None = None
+                   ) -> RolloutStatus:
+    """`serving rollout start --detach`: record the rollout and apply its first state; the
+    controller (`serving rollout run`) then drives it."""
+    status = begin(target, version, env)
+    target.backend.apply(desired_predictors(status, target.plan))
+    return status
 
 
 def _drive(target: Target) -> None:
@@ -311,12 +319,10 @@ def abort_corrupt(store: FileStateStore, corrupt: CorruptState, backend: Traffic
     return lines
 
 
-@rollout.command()
-@with_target
-@friendly_errors
-def abort(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
-          prometheus: str | None) -> None:
-    """Stop: all traffic back to stable, candidate removed (a corrupt state file is moved aside)."""
+def abort_rollout(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
+                  prometheus: str | None) -> list[str]:
+    """`serving rollout abort`: all traffic back to stable, candidate removed; a corrupt state
+    file is moved aside. Returns the lines to show."""
     try:
         target = build_target(values_path, state_dir, kubernetes, context, prometheus)
     except ServingError as e:
@@ -328,18 +334,24 @@ def abort(values_path: str, state_dir: Path, kubernetes: bool, context: str | No
         try:
             store.load()
         except CorruptState as corrupt:
-            click.echo("\n".join(abort_corrupt(store, corrupt, None, RolloutPlan(),
-                                                no_backend=e.message)))
-            return
+            return abort_corrupt(store, corrupt, None, RolloutPlan(), no_backend=e.message)
         raise
     try:
         s = apply_change(target, "abort")
     except CorruptState as corrupt:
         if not isinstance(target.store, FileStateStore):
             raise
-        click.echo("\n".join(abort_corrupt(target.store, corrupt, target.backend, target.plan)))
-        return
-    click.echo(f"{s.phase}: {s.message}")
+        return abort_corrupt(target.store, corrupt, target.backend, target.plan)
+    return [f"{s.phase}: {s.message}"]
+
+
+@rollout.command()
+@with_target
+@friendly_errors
+def abort(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
+          prometheus: str | None) -> None:
+    """Stop: all traffic back to stable, candidate removed (a corrupt state file is moved aside)."""
+    click.echo("\n".join(abort_rollout(values_path, state_dir, kubernetes, context, prometheus)))
 
 
 COMMANDS: list[click.Command] = [rollout]

@@ -154,6 +154,18 @@ def format_status(status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def stack_status(state_dir: Path, timeout: float = 5) -> dict[str, Any]:
+    """The local router's GET /admin/status (what `serving status` and the console show)."""
+    state = read_state(state_dir)
+    try:
+        return dict(httpx.get(state["restUrl"] + "/admin/status", timeout=timeout).json())
+    except (httpx.HTTPError, ValueError) as e:
+        raise ServingError(
+            f"router at {state['restUrl']} does not answer ({e}); is it "
+            "running? 'serving up' starts it"
+        ) from e
+
+
 @click.command()
 @click.option(
     "--state-dir", default=DEFAULT_STATE_DIR, show_default=True, type=click.Path(path_type=Path)
@@ -172,14 +184,7 @@ def status(
 
         click.echo(cluster_status(values_path, context=context))
         return
-    state = read_state(state_dir)
-    try:
-        data = httpx.get(state["restUrl"] + "/admin/status", timeout=5).json()
-    except httpx.HTTPError as e:
-        raise ServingError(
-            f"router at {state['restUrl']} does not answer ({e}); is it "
-            "running? 'serving up' starts it"
-        ) from e
+    data = stack_status(state_dir)
     if as_json:
         import json
 
