@@ -24,7 +24,7 @@ define have_dataplane
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1
 endef
 
-.PHONY: help setup dataplane lock models serve up down status demo test lint pytest manifests bench loadtest clean
+.PHONY: help setup dataplane lock models serve up down status demo test lint pytest manifests bench bench-speed loadtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -95,6 +95,9 @@ loadtest: models ## Load test the local stack (started if not running): per-pred
 
 bench: models ## Performance figures: MLServer defaults vs tuned, direct vs router vs shadow (reports/)
 	$(BIN)/python -m serving.bench.all --models $(MODELS)
+
+bench-speed: models ## Plain FastAPI app vs MLServer vs the stack (wrk), compiled vs scikit-learn per row
+	$(BIN)/python -m serving.bench.speed --models $(MODELS)
 
 clean: ## Remove the venv, trained models and reports
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache

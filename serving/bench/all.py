@@ -6,7 +6,9 @@
 2. the router: direct MLServer vs through the router vs with 100% shadow, REST and gRPC;
 3. whether idle-class CPU work (what the shadow runs in) disturbs a lone client on this machine;
 4. the floor under the router's cost: bare nginx and bare HAProxy (if installed) at 16 gRPC
-   clients, where the router is closest to its targets.
+   clients, where the router is closest to its targets;
+5. speed: the plain FastAPI app users would write vs MLServer's defaults vs ours vs the local
+   stack, with wrk, and model compute per row, scikit-learn vs compiled (serving.bench.speed).
 Each part prints its figures and its ratios; they land in the report folder as markdown.
 """
 
@@ -18,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import idle_interference, mlserver_bench, proxy_floor, router_bench
+from . import idle_interference, mlserver_bench, proxy_floor, router_bench, speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,8 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "proxy-floor.md", "w") as f, contextlib.redirect_stdout(f):
         fourth = proxy_floor.main(["--models", str(args.models), "--duration", duration])
     print((out / "proxy-floor.md").read_text(), end="")
+    print("\n== 5/5 plain FastAPI app vs MLServer vs the stack (wrk); compute per row ==",
+          flush=True)
+    fifth = speed.main(["--models", str(args.models), "--duration", duration,
+                        "--out", str(out / "speed.md")])
     print(f"\nreports written to {out}/")
-    return first or second or third or fourth
+    return first or second or third or fourth or fifth
 
 
 if __name__ == "__main__":
