@@ -295,7 +295,8 @@ class GrpcScorer(DeploymentScorer):
         try:
             call = self._stub.ModelInfer(request, metadata=self.metadata, timeout=self.timeout)
             response = await call
-            initial = dict(await call.initial_metadata() or ())
+            answered = (dict(await call.initial_metadata() or ())
+                        | dict(await call.trailing_metadata() or ()))
         except grpc.aio.AioRpcError as e:
             code = e.code().name
             if code in _RETRY_CODES:
@@ -316,7 +317,7 @@ class GrpcScorer(DeploymentScorer):
                 values = np.asarray(o.contents.fp64_contents or o.contents.fp32_contents)
             outputs[o.name] = values.reshape(list(o.shape))
         return _answer(outputs, len(x), response.model_version,
-                       str(initial.get(PREDICTOR_HEADER, "")))
+                       str(answered.get(PREDICTOR_HEADER, "")))
 
     async def _aclose(self) -> None:
         if self._channel is not None:
