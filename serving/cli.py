@@ -6,6 +6,7 @@ is a bug and shows its traceback.
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
@@ -14,15 +15,48 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 
-from . import artifacts, training
+from . import artifacts
 from .cli_common import DEFAULT_VALUES, friendly_errors
 from .errors import ArtifactError, ServingError
 from .spec import load_spec, stable_predictor
 
+# Each area keeps its commands next to its code (its COMMANDS list); this file only names them.
+# They are imported when one of them runs: the areas pull in scikit-learn, mlserver, kubernetes,
+# locust, streamlit, and `serving status` needs none of them (tests/test_cli.py keeps this table
+# equal to what the areas export).
+AREAS: dict[str, tuple[str, ...]] = {
+    "serving.k8s.commands": ("validate", "manifests", "deploy"),
+    "serving.router.commands": ("up", "down", "status"),
+    "serving.rollout.commands": ("rollout",),
+    "serving.load.commands": ("loadtest",),
+    "serving.batch.commands": ("batch",),
+    "serving.console.commands": ("console",),
+    "serving.comparator.commands": ("comparator",),
+    "serving.demo": ("demo",),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class AreaGroup(click.Group):
+    """The top-level group: the commands defined in this file, then each area's, imported on use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *(n for names in AREAS.values() for n in names)})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        module = next((m for m, names in AREAS.items() if name in names), None)
+        if command is not None or module is None:
+            return command
+        return area_command(module, name)
+
+
+def area_command(module: str, name: str) -> click.Command:
+    exported = importlib.import_module(module).COMMANDS
+    return next(c for c in exported if c.name == name)
+
+
+@click.group(cls=AreaGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Ship scikit-learn models on MLServer / Seldon Core: train, serve, split, mirror, roll out."""
 
@@ -47,6 +81,8 @@ def main() -> None:
 def train(out: Path, versions: tuple[str, ...], values_path: Path | None) -> None:
     """Train the model versions (deterministic: same bytes every run)."""
     try:
+        from . import training  # scikit-learn: imported when training runs
+
         metas = training.train_all(out, list(versions) or None)
     except ValueError as e:
         raise ServingError(str(e)) from e
@@ -265,34 +301,14 @@ def _default_version(rest_url: str, model: str) -> str | None:
     client = RestClient(rest_url, timeout=10)
     try:
         width = int(client.metadata(model)["inputs"][0]["shape"][-1])
+        import numpy as np
+
         return client.infer(model, np.zeros((1, width))).model_version
     except (InferenceFailed, KeyError, IndexError, ValueError, TypeError):
         return None
     finally:
         client.close()
 
-
-def _register(commands: list[click.Command]) -> None:
-    for command in commands:
-        main.add_command(command)
-
-
-# Each area keeps its commands next to its code; this file only assembles them.
-from .batch.commands import COMMANDS as BATCH_COMMANDS  # noqa: E402
-from .comparator.commands import COMMANDS as COMPARATOR_COMMANDS  # noqa: E402
-from .demo import demo as demo_command  # noqa: E402
-from .k8s.commands import COMMANDS as K8S_COMMANDS  # noqa: E402
-from .load.commands import COMMANDS as LOAD_COMMANDS  # noqa: E402
-from .rollout.commands import COMMANDS as ROLLOUT_COMMANDS  # noqa: E402
-from .router.commands import COMMANDS as ROUTER_COMMANDS  # noqa: E402
-
-_register(K8S_COMMANDS)
-_register(ROUTER_COMMANDS)
-_register(ROLLOUT_COMMANDS)
-_register(LOAD_COMMANDS)
-_register(BATCH_COMMANDS)
-_register(COMPARATOR_COMMANDS)
-main.add_command(demo_command)
 
 if __name__ == "__main__":
     main()

@@ -210,3 +210,4 @@ def demo(models_root: Path, values_path: Path) -> None:
     """Run the local demo of the whole flow (about two minutes)."""
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     run_demo(models_root, values_path)
+COMMANDS = [demo]
