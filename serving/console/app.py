@@ -160,6 +160,24 @@ def rollout_section() -> None:
             st.dataframe(pd.DataFrame(view.history), hide_index=True, key="history")
 
 
+def confirmed() -> None:
+    """The confirm button's callback (runs before the rerun it causes)."""
+    pending = st.session_state.pop("pending", None)
+    token = st.session_state.pop("token", "")
+    if not pending:
+        return
+    try:
+        lines = rollout_panel.act(config, pending["action"], token, pending["version"])
+        st.session_state["result"] = (True, lines)
+    except ServingError as e:
+        st.session_state["result"] = (False, [e.message])
+
+
+def cancelled() -> None:
+    st.session_state.pop("pending", None)
+    st.session_state.pop("token", None)
+
+
 def confirm() -> None:
     pending: dict[str, Any] | None = st.session_state.get("pending")
     if not pending:
@@ -167,23 +185,12 @@ def confirm() -> None:
     action = pending["action"]
     with st.container(border=True):
         st.warning(ACTION_QUESTIONS[action].format(version=pending["version"]))
-        token = st.text_input("Admin token", type="password", key="token",
-                              help="locally: adminToken in the stack's state file "
-                                   f"({config.state_dir}/stack.json)")
+        st.text_input("Admin token", type="password", key="token",
+                      help="locally: adminToken in the stack's state file "
+                           f"({config.state_dir}/stack.json)")
         yes, no = st.columns(2)
-        if yes.button(f"Yes, {action}", key="confirm", type="primary"):
-            try:
-                lines = rollout_panel.act(config, action, token, pending["version"])
-                st.session_state["result"] = (True, lines)
-            except ServingError as e:
-                st.session_state["result"] = (False, [e.message])
-            st.session_state.pop("pending", None)
-            st.session_state.pop("token", None)
-            st.rerun(scope="fragment")
-        if no.button("Cancel", key="cancel"):
-            st.session_state.pop("pending", None)
-            st.session_state.pop("token", None)
-            st.rerun(scope="fragment")
+        yes.button(f"Yes, {action}", key="confirm", type="primary", on_click=confirmed)
+        no.button("Cancel", key="cancel", on_click=cancelled)
 
 
 def highlight(row: pd.Series) -> list[str]:

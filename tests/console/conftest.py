@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from serving import dataset
 from serving.background_load import BackgroundLoad
 from serving.console.config import ConsoleConfig
 from serving.rollout.state import FileStateStore
@@ -57,3 +58,8 @@ def at_baseline(console_stack: Stack) -> Stack:
     FileStateStore(console_stack.state_dir).clear()
     console_stack.wait_all_live()
     return console_stack
+
+
+#: a CSV header of the features' names and one hold-out row
+NAMES_ROW = ",".join(dataset.load().feature_names) + "\n" + ",".join(
+    str(v) for v in dataset.load().x_test[0])
