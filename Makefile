@@ -24,13 +24,14 @@ define have_dataplane
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1
 endef
 
-.PHONY: help setup dataplane lock models serve up down status demo test lint pytest manifests bench bench-speed loadtest clean
+.PHONY: help setup dataplane browser console lock models serve up down status demo test lint pytest manifests bench bench-speed loadtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory dataplane
+	@$(MAKE) --no-print-directory browser
 	@py="$(PYTHON312)"; if [ -z "$$py" ]; then \
 	  echo "error: Python 3.12 not found (seldon-core 1.19 needs >=3.12, mlserver 1.7 needs <3.13)."; \
 	  echo "  install it, e.g. 'apt-get install python3.12 python3.12-venv' or 'pyenv install 3.12', then re-run make."; \
@@ -54,6 +55,16 @@ dataplane: ## Install nginx + its Lua module (the local router's data plane) fro
 	  --no-install-recommends $(DATAPLANE_PACKAGES); } >/tmp/serving-apt.log 2>&1 || { \
 	  echo "error: could not install them (log: /tmp/serving-apt.log); run: apt-get install $(DATAPLANE_PACKAGES)"; exit 1; }
 
+browser: ## Install Debian's chromium (the console's browser tests drive it with Playwright) if missing
+	@if [ -x /usr/bin/chromium ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+	  echo "warning: no /usr/bin/chromium and no apt-get; the console's browser test will skip"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi; \
+	echo "installing chromium (Debian package) for the console's browser test"; \
+	{ $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq \
+	  --no-install-recommends chromium; } >/tmp/serving-apt-chromium.log 2>&1 || \
+	  echo "warning: could not install chromium (log: /tmp/serving-apt-chromium.log); the console's browser test will skip"
+
 lock: ## Re-pin constraints.txt from a fresh resolve of pyproject.toml
 	rm -rf .lock-venv && "$(PYTHON312)" -m venv .lock-venv
 	.lock-venv/bin/pip install --quiet '.[dev,console,flow]'
@@ -68,6 +79,9 @@ serve: models ## Serve the stable version in one MLServer (REST 8080, gRPC 8081;
 
 up: models ## Start the local stack from the chart's values (router :8003 REST, :8004 gRPC)
 	$(BIN)/serving up --values charts/seldon-model/values.yaml --models $(MODELS)
+
+console: $(STAMP) ## The console page for the local stack (http://127.0.0.1:8501; start the stack with make up)
+	$(BIN)/serving console
 
 down: ## Stop the local stack
 	$(BIN)/serving down
