@@ -28,15 +28,17 @@ from .matching import Settings
               help="Relative tolerance for numeric outputs (router.shadow.rtol).")
 @click.option("--telemetry", type=click.Path(path_type=Path), default=None, hidden=True,
               help="Local stack: also report verdicts to the control process's socket.")
+@click.option("--idle-cpu", is_flag=True, hidden=True,
+              help="Local stack: move to the idle CPU class once listening.")
 @friendly_errors
 def comparator(host: str, port: int, deployments: tuple[str, ...], ttl_seconds: float,
-               max_pending: int, rtol: float, telemetry: Path | None) -> None:
+               max_pending: int, rtol: float, telemetry: Path | None, idle_cpu: bool) -> None:
     """Compare a shadow's answers with the primary's from Seldon's payload-logger CloudEvents;
     export the agreement on /metrics (seldon_shadow_rows) and examples on /disagreements."""
     from .service import run
 
     run(host, port, Settings(rtol=rtol, ttl_seconds=ttl_seconds, max_pending=max_pending,
-                             deployments=frozenset(deployments)), telemetry)
+                             deployments=frozenset(deployments)), telemetry, idle_cpu)
 
 
 COMMANDS: list[click.Command] = [comparator]

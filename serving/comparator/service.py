@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,7 @@ async def _expire_every(comparator: Comparator, seconds: float) -> None:
 
 
 async def serve(host: str, port: int, settings: Settings, telemetry: Path | None = None,
-                ready: asyncio.Event | None = None) -> None:
+                idle_cpu: bool = False) -> None:
     report = None
     writer: Any = None
     if telemetry is not None:
@@ -131,9 +132,10 @@ async def serve(host: str, port: int, settings: Settings, telemetry: Path | None
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    logger.warning("comparator listening on http://%s:%d", host, port)
-    if ready is not None:
-        ready.set()
+    if idle_cpu:
+        # Local stack: mirrored work, like the shadow worker, only gets CPU time callers'
+        # requests do not want. Started at normal priority so that it starts fast.
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     await stop.wait()
     await runner.cleanup()
     if writer is not None:
@@ -144,11 +146,12 @@ async def serve(host: str, port: int, settings: Settings, telemetry: Path | None
             await task
 
 
-def run(host: str, port: int, settings: Settings, telemetry: Path | None = None) -> None:
+def run(host: str, port: int, settings: Settings, telemetry: Path | None = None,
+        idle_cpu: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, format="comparator: %(message)s")
     try:
         import uvloop
-
-        uvloop.run(serve(host, port, settings, telemetry))
     except ImportError:
-        asyncio.run(serve(host, port, settings, telemetry))
+        asyncio.run(serve(host, port, settings, telemetry, idle_cpu))
+    else:
+        uvloop.run(serve(host, port, settings, telemetry, idle_cpu))

@@ -4,9 +4,11 @@ The caller never waits for the shadow. nginx answers the caller first, keeps the
 the primary's answer, and hands what it kept over a unix socket every hand-over interval
 (lua/router.lua, hand_over) to the shadow worker, a process of its own in the idle CPU class
 (shadow_worker.py), like the shadow's model servers: mirrored work only gets CPU time that
-callers' requests do not want. The worker sends the request to a shadow replica, compares the
-two answers, and reports back to the control process as metrics lines (telemetry.py), where
-`ShadowLedger` keeps the counts and the agreement.
+callers' requests do not want. The worker sends the request to a shadow replica and logs both
+predictors' requests and answers to the comparator (serving/comparator/) as the CloudEvents
+Seldon's executors send on a cluster, so both compare the same way, in the same process. The
+worker's counts and the comparator's verdicts reach the control process as metrics lines
+(telemetry.py), where `ShadowLedger` keeps the counts and the agreement.
 
 Alike mirrored requests are batched into one inference (shadow_batch.py). When `max_in_flight`
 mirrored requests are already waiting or running, new ones are dropped and counted, never
@@ -27,13 +29,12 @@ from typing import Any, Protocol, TypeVar, cast
 import aiohttp
 import grpc
 
-from ..agreement import AgreementStats, Comparison, compare, outputs_from_grpc, outputs_from_rest
+from ..agreement import AgreementStats, outputs_from_grpc, outputs_from_rest, rest_response
+from ..comparator.sender import EventSender
 from .metrics import RouterMetrics
 from .shadow_batch import (
     BatchKey,
-    Decoded,
     Inputs,
-    concat,
     grpc_inputs,
     grpc_message,
     grpc_template_from_rest,
@@ -55,6 +56,7 @@ DROP_REASONS = (
     "unreadable",        # the hand-over frame or the gRPC message could not be read
     "handoff_failed",    # nginx could not hand the pair to the worker (worker down or slow)
     "handoff_limit",     # nginx held maxInFlight pairs waiting for the next hand-over
+    "events_lost",       # the comparator did not take the pair's events (down, slow, refusing)
     "other",
 )
 
@@ -89,13 +91,12 @@ class ShadowLedger:
 
 # -- in the shadow worker --------------------------------------------------------------------------
 class Report(Protocol):
-    """Where the worker's findings go (shadow_worker.TelemetryWriter: lines to the control
+    """Where the worker's counts go (shadow_worker.TelemetryWriter: lines to the control
     process, which applies them to its ShadowLedger and metrics)."""
 
     def count(self, shadow: str, outcome: str, n: int = 1, reason: str = "") -> None: ...
     def observe(self, shadow: str, version: str, method: str, code: str, seconds: float,
                 n: int = 1) -> None: ...
-    def compared(self, shadow: str, primary: str, requests: int, result: Comparison) -> None: ...
 
 
 @dataclass
@@ -141,6 +142,8 @@ class Pending:
     inputs: Inputs
     primary: str
     answer: bytes
+    request: bytes
+    """As the caller sent it (what the executors log)."""
 
 
 @dataclass
@@ -158,7 +161,7 @@ class Batch:
 @dataclass
 class Mirror:
     """Sends mirrored requests to the shadow, batched when they can be (shadow_batch.py), and
-    compares each answer with the primary's."""
+    logs each request with both answers to the comparator."""
 
     report: Report
     session: aiohttp.ClientSession
@@ -174,6 +177,8 @@ class Mirror:
     pool: ShadowPool | None = None
     """The shadow as the latest routing table lists it: a batch goes to the replicas listed
     when it is sent, not to those of its first request (they may have been stopped since)."""
+    events: EventSender | None = None
+    """Where both predictors' requests and answers are logged (None: nowhere, in unit tests)."""
     _batches: dict[tuple[str, BatchKey], Batch] = field(default_factory=dict)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _turn: int = 0
@@ -196,13 +201,14 @@ class Mirror:
         self.in_flight += 1
         if inputs is None or answer is None:  # mirrored alone, as it came
             self.report.count(pool.name, "sent")
-            self._keep(self._run(pool, kind, path, request, [primary], [answer], None))
+            self._keep(self._run(pool, kind, path, request, [primary], [answer], None,
+                                 [request]))
             return
         batch_id = (pool.name, inputs.key)
         batch = self._batches.get(batch_id)
         if batch is None:
             batch = self._batches[batch_id] = Batch(pool.name, time.monotonic())
-        batch.pending.append(Pending(inputs, primary, answer))
+        batch.pending.append(Pending(inputs, primary, answer, request))
         batch.rows += inputs.rows
         if batch.rows >= self.batch_rows:
             self._flush(batch_id)
@@ -245,7 +251,8 @@ class Mirror:
             logger.warning("could not build a batch for the shadow: %s", e)
             return
         await self._run(pool, kind, GRPC_INFER, payload, [p.primary for p in batch],
-                        [p.answer for p in batch], [p.inputs.rows for p in batch])
+                        [p.answer for p in batch], [p.inputs.rows for p in batch],
+                        [p.request for p in batch])
 
     def _keep(self, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         # The event loop holds tasks weakly: keep a reference until each one is done.
@@ -270,9 +277,9 @@ class Mirror:
 
     async def _run(self, pool: ShadowPool, kind: str, path: str, payload: bytes,
                    primaries: list[str], answers: list[bytes | None],
-                   rows: list[int] | None) -> None:
+                   rows: list[int] | None, requests: list[bytes]) -> None:
         """One call to the shadow for one request, or for a batch (`rows`: rows per request),
-        then one comparison per request."""
+        then each request's events to the comparator."""
         n = len(primaries)
         self._turn += 1
         replica = pool.replicas[self._turn % len(pool.replicas)]
@@ -300,30 +307,40 @@ class Mirror:
         # shadow's pod would, so a mirrored candidate's error rate reads like a canary's.
         if code:
             self.report.observe(pool.name, pool.version, method, code, seconds, n)
-        if body is None:
-            return
-        decode = outputs_from_grpc if kind == "grpc" else outputs_from_rest
-        decode_shadow = outputs_from_grpc if call_kind == "grpc" else outputs_from_rest
+        if self.events is not None:
+            self._log_events(pool.name, kind, call_kind, primaries, answers, rows, requests,
+                             body)
+
+    def _log_events(self, shadow: str, kind: str, call_kind: str, primaries: list[str],
+                    answers: list[bytes | None], rows: list[int] | None,
+                    requests: list[bytes], body: bytes | None) -> None:
+        """What the two executors would log on a cluster, per mirrored request: the primary's
+        request and answer, the shadow's request and answer (none when its call failed), under
+        one request id, as when the caller sends Seldon-Puid."""
+        events = self.events
+        assert events is not None
+        shadow_answers: list[tuple[bytes | None, str]] = [(body, call_kind)] * len(primaries)
         try:
-            shadow_answers = split(decode_shadow(body), rows) if rows else [decode_shadow(body)]
-            # one comparison per primary predictor, over all of its requests in the batch
-            by_primary: dict[str, tuple[list[Decoded], list[Decoded]]] = {}
-            for primary, answer, shadow_answer in zip(primaries, answers, shadow_answers,
-                                                      strict=True):
-                if answer is not None:
-                    mine, theirs = by_primary.setdefault(primary, ([], []))
-                    mine.append(decode(answer))
-                    theirs.append(shadow_answer)
-            for primary, (mine, theirs) in by_primary.items():
-                result = compare(concat(mine), concat(theirs), self.rtol)
-                self.report.compared(pool.name, primary, len(mine), result)
+            if body is not None and rows:  # a batch: each request's part of the answer
+                decode = outputs_from_grpc if call_kind == "grpc" else outputs_from_rest
+                shadow_answers = [(rest_response(events.model, part), "rest")
+                                  for part in split(decode(body), rows)]
+            for primary, answer, request, (shadow_answer, answer_kind) in zip(
+                    primaries, answers, requests, shadow_answers, strict=True):
+                request_id = events.request_id()
+                events.submit(shadow, events.events("primary", primary, request_id, kind,
+                                                    request, answer)
+                              + events.events("shadow", shadow, request_id, kind, request,
+                                              shadow_answer, answer_kind))
         except Exception as e:
-            logger.warning("could not compare the shadow's answers: %s", e)
+            logger.warning("could not log the shadow's answers to the comparator: %s", e)
 
     async def drain(self) -> None:
         self.flush_all()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.events is not None:
+            await self.events.drain()
 
 
 def _grpc_message(frame: bytes) -> bytes | None:

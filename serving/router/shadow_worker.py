@@ -1,13 +1,15 @@
 """The shadow worker: a process of its own, in the idle CPU class, that calls the shadow with the
-mirrored requests nginx hands it and compares the answers (shadow.py). It reports back to the
-control process over the telemetry socket, in the metrics-line format nginx uses plus:
+mirrored requests nginx hands it and logs both predictors' requests and answers to the
+comparator, as Seldon's executors do on a cluster (shadow.py; serving/comparator/sender.py). It
+reports back to the control process over the telemetry socket, in the metrics-line format nginx
+uses plus (the comparator sends the #compared and #disagreed lines, with the same writer):
 
-    #shadow <shadow> <outcome> <n>                            sent, dropped, failed, timeout
+    #shadow <shadow> <outcome> <n> [reason]                   sent, dropped, failed, timeout
     #compared <shadow> <primary> <requests> <rows> <agreed>   comparisons since the last report
     #disagreed <shadow> <primary> <detail>                    one example
     #in_flight <n>                                            mirrored requests not finished
 
-    python -m serving.router.shadow_worker --socket S --telemetry T [--max-in-flight N ...]
+    python -m serving.router.shadow_worker --socket S --telemetry T --comparator URL ...
 (started by the local stack; `ShadowWorker` is the control process's handle on it)
 """
 
@@ -30,6 +32,7 @@ from typing import Any
 import aiohttp
 
 from ..agreement import Comparison
+from ..comparator.sender import EventSender
 from ..errors import ServingError
 from ..server import child_env, child_setup
 from ..spec import Shadowing
@@ -72,7 +75,9 @@ class TelemetryWriter:
         self.counts.clear()
         self.comparisons.clear()
         if self.mirror is not None:
-            batch.append(f"#in_flight {self.mirror.in_flight}")
+            # not finished until the comparator has its events
+            events = self.mirror.events.pending if self.mirror.events is not None else 0
+            batch.append(f"#in_flight {self.mirror.in_flight + events}")
         return batch
 
     async def run(self) -> None:
@@ -94,8 +99,12 @@ async def serve(args: argparse.Namespace) -> None:
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60), auto_decompress=False
     ) as session:
+        events = EventSender(
+            args.comparator, session,
+            lambda shadow, n: report.count(shadow, "dropped", n, "events_lost"),
+            args.deployment, args.namespace, args.model, max_queued=args.max_in_flight)
         mirror = Mirror(report, session, args.max_in_flight, args.timeout, args.rtol,
-                        args.batch_rows, args.batch_wait)
+                        args.batch_rows, args.batch_wait, events=events)
         report.mirror = mirror
         receiver = HandoffReceiver(mirror)
         loop = asyncio.get_running_loop()
@@ -113,6 +122,7 @@ async def serve(args: argparse.Namespace) -> None:
         flusher.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(mirror.drain(), 2)
+        await events.close()
         await asyncio.sleep(0.15)  # one last report
         reporter.cancel()
 
@@ -127,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-rows", type=int, required=True)
     parser.add_argument("--batch-wait", type=float, required=True)
     parser.add_argument("--handoff-interval", type=float, required=True)
+    parser.add_argument("--comparator", required=True, help="the comparator's URL")
+    parser.add_argument("--deployment", required=True)
+    parser.add_argument("--namespace", required=True)
+    parser.add_argument("--model", required=True)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="shadow worker: %(message)s")
     try:
@@ -142,7 +156,8 @@ class ShadowWorker:
     """The control process's handle on the worker process."""
 
     def __init__(self, socket: Path, telemetry: Path, settings: Shadowing,
-                 hidden_env: tuple[str, ...] = ()) -> None:
+                 hidden_env: tuple[str, ...] = (), *, comparator: str, deployment: str,
+                 namespace: str, model: str) -> None:
         self.socket = socket
         self.hidden_env = hidden_env
         """Variables of this process's environment the worker must not inherit (credentials)."""
@@ -152,7 +167,9 @@ class ShadowWorker:
                         "--timeout", str(settings.timeout_seconds), "--rtol", str(settings.rtol),
                         "--batch-rows", str(settings.batch_rows),
                         "--batch-wait", str(settings.batch_wait_seconds),
-                        "--handoff-interval", str(settings.handoff_seconds)]
+                        "--handoff-interval", str(settings.handoff_seconds),
+                        "--comparator", comparator, "--deployment", deployment,
+                        "--namespace", namespace, "--model", model]
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
         self._writer: asyncio.StreamWriter | None = None

@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..comparator.matching import Settings as ComparatorSettings
+from ..comparator.process import ComparatorProcess
 from ..errors import ServingError
 from ..server import (
     ServerSettings,
@@ -102,6 +104,7 @@ class LocalStack:
         self._restarting: set[str] = set()
         self.nginx: Nginx | None = None
         self.shadow_worker: ShadowWorker | None = None
+        self.comparator: ComparatorProcess | None = None
         self._published: dict[str, Any] | None = None
         self._publishing = asyncio.Lock()
         self._generation = 0
@@ -167,8 +170,20 @@ class LocalStack:
             await web.UnixSite(runner, str(sockets.control)).start()
             telemetry = TelemetryReceiver(self.core.metrics, self.core.shadow)
             servers.append(await asyncio.start_unix_server(telemetry.handle, sockets.telemetry))
-            self.shadow_worker = ShadowWorker(sockets.shadow, sockets.telemetry, rs.shadow,
-                                              hidden_env=self.hidden_env)
+            # The comparator judges the shadow from the events the worker logs, as on a
+            # cluster; on loopback, its verdicts reported to this process's telemetry socket.
+            self.comparator = ComparatorProcess(
+                free_port(), ComparatorSettings(
+                    rtol=rs.shadow.rtol, ttl_seconds=self.spec.comparator.ttl_seconds,
+                    max_pending=self.spec.comparator.max_pending,
+                    deployments=frozenset({self.spec.deployment.name})),
+                telemetry=sockets.telemetry, hidden_env=self.hidden_env,
+                log=self.log_dir / "comparator.log", extra_args=("--idle-cpu",))
+            await self.comparator.astart()
+            self.shadow_worker = ShadowWorker(
+                sockets.shadow, sockets.telemetry, rs.shadow, hidden_env=self.hidden_env,
+                comparator=self.comparator.url, deployment=self.spec.deployment.name,
+                namespace=self.spec.deployment.namespace, model=self.spec.model.name)
             await self.shadow_worker.start()
             self.core.shadow_worker_status = self.shadow_worker.status
 
@@ -204,6 +219,8 @@ class LocalStack:
                 await runner.cleanup()
             if self.shadow_worker is not None:
                 await self.shadow_worker.stop()
+            if self.comparator is not None:
+                await self.comparator.astop()
             await asyncio.gather(
                 *(stop_pool(p, drain_timeout=2) for p in self.core.state.pools.values())
             )
@@ -242,6 +259,7 @@ class LocalStack:
         handles.append(("nginx", self.nginx.process if self.nginx else None))
         handles.append(("shadow worker",
                         self.shadow_worker.process if self.shadow_worker else None))
+        handles.append(("comparator", self.comparator.process if self.comparator else None))
         records = []
         known, self._start_times = self._start_times, {}
         for what, process in handles:
@@ -276,6 +294,8 @@ class LocalStack:
             "pinToken": self.pin_token,
             "logs": str(self.log_dir),
             "runDir": str(self.run_dir),
+            # the comparator's /disagreements and /metrics (loopback): what the console reads
+            "comparatorUrl": self.comparator.url if self.comparator else None,
             "processes": self._recorded,
         }
         path = self.state_dir / STATE_FILE
@@ -312,6 +332,8 @@ class LocalStack:
             await self._publish()  # replicas that died or came back since the last tick
             if self.shadow_worker is not None and not self.shadow_worker.alive():
                 await self._restart_shadow_worker()
+            if self.comparator is not None and not self.comparator.alive():
+                await self._restart_comparator()
             for pool in list(self.core.state.pools.values()):
                 for replica in pool.replicas:
                     process = replica.server.process
@@ -344,6 +366,16 @@ class LocalStack:
             print(f"the shadow worker failed to restart: {e.message}", flush=True)
             return
         await self._publish(force=True)
+
+    async def _restart_comparator(self) -> None:
+        assert self.comparator is not None
+        process = self.comparator.process
+        code = process.returncode if process else None
+        print(f"the comparator exited with code {code}; restarting it", flush=True)
+        try:  # meanwhile the worker counts the events it could not log (events_lost)
+            await self.comparator.astart()
+        except ServingError as e:  # tried again on the next tick
+            print(f"the comparator failed to restart: {e.message}", flush=True)
 
     async def _health_checks(self) -> None:
         """Every replica's readiness (GET /v2/models/<model>/ready), each on its own schedule
