@@ -272,6 +272,60 @@ class Slo(_Values):
     """Smallest acceptable throughput over the run, requests per second."""
 
 
+class BatchVolume(_Values):
+    claim_name: str = ""
+    """PersistentVolumeClaim mounted there; empty = an emptyDir (only useful for trying it)."""
+    sub_path: str = ""
+    """Folder inside the claim to mount."""
+
+
+class Batch(_Values):
+    """The chart's CronJob running 'serving batch score' against the stable predictor's Service
+    (the local stack ignores it; locally run the command or the Metaflow flow)."""
+
+    enabled: bool = False
+    """Render the CronJob (and a NetworkPolicy admitting its pods to the model pods)."""
+    schedule: Annotated[str, Field(min_length=9)] = "0 * * * *"
+    """Cron schedule (spec.schedule), in the controller's time zone unless timeZone is set."""
+    time_zone: str = ""
+    """IANA time zone of the schedule (spec.timeZone), e.g. Europe/Berlin; empty = the
+    controller's."""
+    input: Annotated[str, Field(min_length=1)] = "/data/in"
+    """What to score as the container sees it: a file, folder or glob under /data/in."""
+    output: Annotated[str, Field(min_length=1)] = "/data/out/predictions"
+    """Folder under /data/out; each Job writes <output>/<job name> (a retried pod resumes it).
+    Ignored when outputUrlSecret is set."""
+    output_url_secret: str = ""
+    """Name of a Secret whose key 'url' is a SQL URL to write to instead (e.g.
+    postgresql+psycopg://user:password@host/db; the image needs that driver)."""
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = "predictions"
+    """SQL table when outputUrlSecret is set."""
+    format: Literal["parquet", "csv"] = "parquet"
+    """Part file format in the output folder."""
+    input_volume: BatchVolume = Field(default_factory=BatchVolume)
+    """Mounted read-only at /data/in."""
+    output_volume: BatchVolume = Field(default_factory=BatchVolume)
+    """Mounted at /data/out (also holds the manifests of SQL runs)."""
+    transport: Literal["rest", "grpc"] = "rest"
+    """How the Job calls the stable predictor's Service: executor REST :8000 or gRPC :5001."""
+    rows_per_request: Annotated[int, Field(ge=1)] = 512
+    """Rows per V2 request."""
+    concurrency: Annotated[int, Field(ge=1)] = 8
+    """Requests in flight at once."""
+    retries: Annotated[int, Field(ge=0)] = 5
+    """Times a request is retried after a 429, 5xx, connection error or timeout."""
+    timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
+    """Per-request timeout."""
+    id_column: str = ""
+    """Input column carried to the output as 'id'; empty = none."""
+    backoff_limit: Annotated[int, Field(ge=0)] = 3
+    """Pod retries of a Job; a retried pod resumes from the manifest."""
+    active_deadline_seconds: Annotated[int, Field(ge=1)] = 3600
+    """A Job running longer is stopped (its next run resumes nothing: it is a new Job)."""
+    resources: Resources = Field(default_factory=Resources)
+    """Resources of the batch container."""
+
+
 class Spec(_Values):
     """Root of the values file (charts/<chart>/values.yaml)."""
 
@@ -288,6 +342,7 @@ class Spec(_Values):
     pod_security: PodSecurity = Field(default_factory=PodSecurity)
     rollout: RolloutPlan = Field(default_factory=RolloutPlan)
     slo: Slo = Field(default_factory=Slo)
+    batch: Batch = Field(default_factory=Batch)
 
     @model_validator(mode="after")
     def _seldon_rules(self) -> Spec:

@@ -58,6 +58,9 @@ def batch() -> None:
 @click.option("--grpc", "grpc_target", default=None,
               help="Score through a deployment over V2 gRPC: host:port (the seldon and "
               "namespace metadata come from --values).")
+@click.option("--model", "model_name", default=None,
+              help="Through a deployment: the model in /v2/models/<model>/infer (default: "
+              "model.name of --values; with --model the values file is optional).")
 @click.option("--header", "headers", multiple=True,
               help="'Name: value' sent with every request (REST header, gRPC metadata); "
               "repeatable.")
@@ -90,7 +93,7 @@ def batch() -> None:
 def score_command(
     source: tuple[str, ...], out: str, fmt: str | None, table: str, values_path: str,
     models: Path | None, version: str | None, url: str | None, grpc_target: str | None,
-    headers: tuple[str, ...], rows_per_request: int, concurrency: int, retries: int,
+    model_name: str | None, headers: tuple[str, ...], rows_per_request: int, concurrency: int, retries: int,
     timeout: float, chunk_rows: int, id_column: str | None, columns: str, no_header: bool,
     state_dir: Path | None, batch_id: str | None, overwrite: bool, shard: str, quiet: bool,
     as_json: bool,
@@ -109,17 +112,20 @@ def score_command(
         raise BatchError("pass --url (REST) or --grpc, not both")
     scorer: Scorer
     if url or grpc_target:
-        spec = load_spec(values_path)
+        # The CronJob passes --model and no values file; the gRPC metadata the Seldon ingress
+        # routes by then comes from --header, if it is needed at all (not for a Service).
+        spec = None if model_name and not Path(values_path).exists() else load_spec(values_path)
+        model = model_name or (spec.model.name if spec else "")
         kw = {"rows_per_request": rows_per_request, "concurrency": concurrency,
               "retries": retries}
         extra = _headers(headers)
         deployment: DeploymentScorer
         if url:
-            deployment = RestScorer(url, spec.model.name, version, extra, timeout, **kw)
+            deployment = RestScorer(url, model, version, extra, timeout, **kw)
         else:
-            metadata = {"seldon": spec.deployment.name, "namespace": spec.deployment.namespace,
-                        **extra}
-            deployment = GrpcScorer(str(grpc_target), spec.model.name, version, metadata,
+            seldon = ({"seldon": spec.deployment.name, "namespace": spec.deployment.namespace}
+                      if spec else {})
+            deployment = GrpcScorer(str(grpc_target), model, version, {**seldon, **extra},
                                     timeout, **kw)
         scorer, features = deployment, load().feature_names
         key = deployment.description + (f" version {version}" if version else "")

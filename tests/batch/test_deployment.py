@@ -123,3 +123,28 @@ def test_a_deployment_that_stays_down_stops_the_run_and_says_how_to_resume(
         score(str(holdout), str(tmp_path / "out"), scorer, FEATURES, "down",
               Options(progress=False))
     scorer.close()
+
+
+def test_the_cronjobs_rendered_command_scores_through_the_deployment(
+    stack: Stack, holdout: Path, tmp_path: Path
+) -> None:
+    """The chart's command as rendered, its volumes as local folders, its Service as the
+    local router (the Job's pod would reach the stable predictor's executor)."""
+    from serving.k8s import chart
+
+    [job] = [o for o in chart.render({"batch": {"enabled": True, "idColumn": "claim_id",
+                                                "input": "/data/in/holdout.parquet"}}).objects
+             if o["kind"] == "CronJob"]
+    cmd = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "holdout.parquet").write_bytes(holdout.read_bytes())
+    job_name = "breast-cancer-batch-29412345"
+    args = [a.replace("/data/in", str(tmp_path / "in")).replace("/data/out", str(tmp_path / "out"))
+            .replace("$(JOB_NAME)", job_name)
+            .replace("http://breast-cancer-stable.models.svc:8000", stack.seldon_url)
+            for a in cmd]
+    assert args[:3] == ["serving", "batch", "score"]
+    done = run_cli(*args[3:], "--values", str(tmp_path / "no-values-in-the-pod.yaml"))
+    assert done.returncode == 0, done.stderr
+    got = read_parts(tmp_path / "out" / "predictions" / job_name)
+    assert sorted(got["row"]) == list(range(143)) and set(got["batch_id"]) == {job_name}
