@@ -77,7 +77,7 @@ def now_panel() -> None:
         })
     st.caption(f"SeldonDeployment {view.deployment} on {config.where}; figures over the last "
                f"{now_data.RECENT_SECONDS:.0f} s")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key="predictors")
+    st.table(pd.DataFrame(rows), hide_index=True)
     for p in view.predictors:
         for problem in p.problems:
             st.warning(problem)
@@ -94,12 +94,12 @@ def now_panel() -> None:
                                                           else ""))
     if shadow.disagreements:
         st.caption("Latest disagreements")
-        st.dataframe(pd.DataFrame([{
+        st.table(pd.DataFrame([{
             "compared with": d.predictor, "their answer": d.primary_answer,
             "shadow's answer": d.shadow_answer,
             "input row": "(not recorded)" if d.input_row is None
             else ", ".join(f"{v:g}" for v in d.input_row)} for d in shadow.disagreements]),
-            hide_index=True, key="disagreements")
+            hide_index=True)
 
 
 ACTION_QUESTIONS = {
@@ -141,7 +141,7 @@ def rollout_section() -> None:
                  f"{view.status.message}")
         if view.checks:
             st.caption("Latest analysis: how the candidate compares with stable")
-            st.dataframe(pd.DataFrame(view.checks), hide_index=True, key="checks")
+            st.table(pd.DataFrame(view.checks), hide_index=True)
     left, *buttons = st.columns([2, 1, 1, 1, 1, 1])
     version = left.selectbox("Version to roll out", versions, key="version",
                              disabled=not allowed("start", phase))
@@ -157,7 +157,7 @@ def rollout_section() -> None:
         (st.success if ok else st.error)("  \n".join(lines))
     if view is not None and view.history:
         with st.expander("What happened, newest first", expanded=True):
-            st.dataframe(pd.DataFrame(view.history), hide_index=True, key="history")
+            st.table(pd.DataFrame(view.history), hide_index=True)
 
 
 def confirmed() -> None:

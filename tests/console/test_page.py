@@ -30,7 +30,7 @@ def page(config: ConsoleConfig, monkeypatch: pytest.MonkeyPatch) -> AppTest:
 def test_now_shows_predictors_weights_replicas_and_agreement(
         at_baseline: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     at = page(config_of(at_baseline), monkeypatch)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert table[["predictor", "version", "traffic", "live replicas"]].values.tolist() == [
         ["stable", "v1", "100%", "1/1"], ["shadow", "v4", "mirrors 100%", "1/1"]]
     assert not at.error
@@ -45,13 +45,13 @@ def test_unreachable_stack_says_what_to_run_and_the_page_recovers(
     at = page(config_of(at_baseline, state_dir=state_dir), monkeypatch)
     errors = [e.value for e in at.error]
     assert errors and all("'serving up'" in e for e in errors), errors
-    assert not [d for d in at.dataframe if "predictor" in d.value.columns]
+    assert not at.table
     # the stack comes (here: its state file appears); the next refresh shows it
     state_dir.mkdir()
     shutil.copy(at_baseline.state_dir / "stack.json", state_dir / "stack.json")
     at.run()
     assert not at.error, [e.value for e in at.error]
-    assert at.dataframe[0].value["predictor"].tolist() == ["stable", "shadow"]
+    assert at.table[0].value["predictor"].tolist() == ["stable", "shadow"]
 
 
 def test_a_button_asks_for_confirmation_and_the_token(
