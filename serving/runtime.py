@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ CONTENT_TYPES = (None, "np")
 #: (so the inference worker of a parallel_workers > 0 server, which gets the settings the main
 #: process changed, batches too)
 _BATCHING_KEY = "serving_batching"
+#: batching pays only for a model whose one-row answer costs more than this (microseconds): the
+#: batch's future and timer cost tens of microseconds and a lone request waits out the window, so
+#: a compiled model (~10 us a row) is never batched; scikit-learn's (300 us to 15 ms) are
+BATCH_PAYS_ABOVE_US = 100.0
 
 Rows = np.ndarray
 Answer = dict[str, np.ndarray]
@@ -198,19 +203,32 @@ class VerifiedSKLearnModel(SKLearnModel):
         )
         self._error_rate = float(os.environ.get("SERVING_FAULT_ERROR_RATE", "0") or 0)
         self._latency_s = float(os.environ.get("SERVING_FAULT_LATENCY_MS", "0") or 0) / 1000
+        batching = "off"
         if self._batch_size > 1 and self._batch_time > 0:
-            if self._answers_rows_independently():
+            row_us = self._one_row_us()
+            if row_us <= BATCH_PAYS_ABOVE_US:
+                batching = (f"off: one row takes {row_us:.0f} us with {self._predictor.kind}, "
+                            f"batching pays above {BATCH_PAYS_ABOVE_US:g} us")
+            elif self._answers_rows_independently():
                 self._batcher = RowBatcher(self._compute, self._batch_size, self._batch_time)
+                batching = (f"{self._batch_size} requests / {self._batch_time * 1000:g} ms, of "
+                            f"checked rows (one row takes {row_us:.0f} us)")
             else:
                 logger.warning("%s %s answers a row differently next to other rows: batching "
                                "stays off", self.name, self.version)
-        logger.info(
-            "loaded %s %s (sha256 %s matches the spec's; batching %s)", self.name, self.version,
-            meta.artifact.sha256[:12],
-            f"{self._batch_size} requests / {self._batch_time * 1000:g} ms, of checked rows"
-            if self._batcher else "off",
-        )
+        logger.info("loaded %s %s (sha256 %s matches the spec's; batching %s)", self.name,
+                    self.version, meta.artifact.sha256[:12], batching)
         return True
+
+    def _one_row_us(self) -> float:
+        """Median time of one single-row answer (what a request costs the model)."""
+        row = np.zeros((1, self._n_features))
+        times = []
+        for _ in range(15):
+            started = time.perf_counter()
+            self._compute(row, self._outputs)
+            times.append(time.perf_counter() - started)
+        return float(np.median(times)) * 1e6
 
     def _answers_rows_independently(self) -> bool:
         """What RowBatcher relies on, checked on this model: rows answered together get the

@@ -69,7 +69,14 @@ class ServerSettings(BaseModel):
 
     @classmethod
     def tuned(cls, **ports: Any) -> ServerSettings:
-        """Inference in the server process, adaptive batching of up to 32 requests within 1 ms.
+        """Inference in the server process, adaptive batching of up to 32 requests within 1 ms
+        for the models it pays for.
+
+        The runtime batches only a model whose one-row answer takes more than
+        serving.runtime.BATCH_PAYS_ABOVE_US (scikit-learn's, 0.3-15 ms); a compiled model
+        (~10 us) is never batched: for the compiled v1 in one run (issue 13, wrk, load ~12)
+        batching cost a lone client a third of its requests/s (226 vs 334 req/s, 1213 vs 752 us
+        of server CPU per request) and gained nothing at 16 connections (766 vs 760 req/s).
 
         The batching is serving.runtime's, of rows it read and checked one request at a time (it
         takes MLServer's batching settings over: MLServer's own batcher merged the requests

@@ -156,6 +156,12 @@ def test_mlserver_says_over_rest_and_grpc_which_predictor_serves_and_answers_ali
     np.testing.assert_allclose(answer.probabilities, reference.predict_proba(rows), atol=1e-5)
     log = three_versions.recent_log()
     assert f"breast-cancer {version} is served by {kind}" in log
+    # batching pays only for scikit-learn's forest (ms a row), not for compiled models (us)
+    batched = "batching 32 requests / 1 ms, of checked rows"
+    line = next(ln for ln in log.splitlines() if f"loaded breast-cancer {version} " in ln)
+    assert (batched in line) == (version == "v3"), line
+    if version == "v2":
+        assert "batching off: one row takes" in line and "with onnxruntime" in line
 
 
 def test_a_compiled_float32_model_refuses_values_beyond_float32_like_scikit_learn(

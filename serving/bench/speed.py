@@ -24,7 +24,9 @@ work on the machine moves every figure.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
 import re
 import shutil
@@ -49,7 +51,7 @@ from ..server import COMMITTED_VALUES, MLServerProcess, ServerSettings, free_por
 from ..spec import load_spec
 from ..training import MODEL_NAME
 from .driver import Target, run_load
-from .mlserver_bench import log, machine_cpu_s
+from .mlserver_bench import log, machine_cpu_s, session_cpu_s
 
 VERSION = "v1"
 SERVERS = ("plain", "defaults", "tuned", "stack")
@@ -70,6 +72,8 @@ class WrkResult:
     load1: float
     busy_pct: float
     """all cores, % of the machine, during the run"""
+    server_cpu_us: float
+    """CPU the server's processes used per request (every process of the stack)"""
 
 
 def ensure_wrk() -> str:
@@ -109,18 +113,19 @@ def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
 
 
 def run_wrk(wrk: str, url: str, body: str, connections: int, duration: float,
-            workdir: Path) -> WrkResult:
+            workdir: Path, server_cpu: Callable[[], float] = lambda: math.nan) -> WrkResult:
     script = workdir / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
                       f"wrk.body = [==[{body}]==]\n")  # [[ ]] would end at the rows' ]]
     load1 = os.getloadavg()[0]
-    busy0, t0 = machine_cpu_s(), time.monotonic()
+    busy0, t0, cpu0 = machine_cpu_s(), time.monotonic(), server_cpu()
     done = subprocess.run(
         [wrk, "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", "--timeout", "5s",
          "-s", str(script), url], capture_output=True, text=True, check=True)
     busy = (machine_cpu_s() - busy0) / (time.monotonic() - t0) / (os.cpu_count() or 1) * 100
+    cpu = server_cpu() - cpu0
     rps, p50, p99, requests, errors = parse_wrk(done.stdout)
-    return WrkResult(rps, p50, p99, requests, errors, load1, busy)
+    return WrkResult(rps, p50, p99, requests, errors, load1, busy, cpu / max(requests, 1) * 1e6)
 
 
 # --- the servers ----------------------------------------------------------------------------
@@ -140,7 +145,7 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], timeout: float = 60) 
 
 
 @contextmanager
-def plain_app(models: Path, log_path: Path) -> Iterator[str]:
+def plain_app(models: Path, log_path: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {**os.environ, "SERVING_BENCH_MODEL": str(models / MODEL_NAME / VERSION / "model.joblib")}
     with log_path.open("wb") as out:
@@ -150,7 +155,7 @@ def plain_app(models: Path, log_path: Path) -> Iterator[str]:
             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_http(f"http://127.0.0.1:{port}/docs", process)
-        yield f"http://127.0.0.1:{port}/predict"
+        yield f"http://127.0.0.1:{port}/predict", process.pid
     finally:
         process.terminate()
         process.wait(10)
@@ -266,10 +271,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="speed-bench-") as tmp, ExitStack() as running:
         work = Path(tmp)
         urls: dict[str, tuple[str, str]] = {}
+        cpu: dict[str, Callable[[], float]] = {}
         grpc_targets: dict[str, Target] = {}
         if "plain" in servers:
-            url = running.enter_context(plain_app(args.models, work / "plain.log"))
+            url, pid = running.enter_context(plain_app(args.models, work / "plain.log"))
             urls["plain"] = (url, json.dumps({"rows": [row]}))
+            cpu["plain"] = functools.partial(session_cpu_s, pid)
         for name, factory in (("defaults", ServerSettings.mlserver_defaults),
                               ("tuned", ServerSettings.tuned)):
             if name in servers:
@@ -277,11 +284,16 @@ def main(argv: list[str] | None = None) -> int:
                     mlserver(args.models, factory, work / f"{name}.log", digests))
                 urls[name] = (f"{server.rest_url}/v2/models/{MODEL_NAME}/infer", _body_v2(row))
                 grpc_targets[name] = Target.grpc(server.grpc_target, MODEL_NAME)
+                cpu[name] = functools.partial(session_cpu_s, server.process.pid)  # type: ignore[union-attr]
         if "stack" in servers:
             (work / "stack").mkdir()
             state = running.enter_context(stack(args.models, work / "stack"))
             urls["stack"] = (f"{state['seldonUrl'].rstrip('/')}/v2/models/{MODEL_NAME}/infer",
                              _body_v2(row))
+            status = httpx.get(state["restUrl"] + "/admin/status").json()
+            sessions = [int(state["pid"])] + [int(r["pid"]) for p in status["predictors"]
+                                              for r in p["replicas"]]
+            cpu["stack"] = lambda: sum(session_cpu_s(s) for s in sessions)
         for name, (url, body) in urls.items():  # warm-up, and a check that each one answers
             warm = run_wrk(wrk, url, body, 16, 2, work)
             if warm.errors or not warm.requests:
@@ -291,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
             for c in LEVELS:
                 for name in order:
                     url, body = urls[name]
-                    r = run_wrk(wrk, url, body, c, args.duration, work)
+                    r = run_wrk(wrk, url, body, c, args.duration, work, cpu[name])
                     log(f"round {round_ + 1} {name:<8} c={c:<3} {r.rps:8.0f} req/s "
                         f"p50 {r.p50_ms:6.2f} ms p99 {r.p99_ms:6.2f} ms errors {r.errors} "
+                        f"server cpu {r.server_cpu_us:.0f} us/req "
                         f"(load {r.load1:.1f}, machine {r.busy_pct:.0f}% busy)")
                     results.setdefault((name, c), []).append(r)
             if args.grpc:
@@ -337,8 +350,8 @@ def report(args: argparse.Namespace, results: dict[tuple[str, int], list[WrkResu
         f"(max {max(loads):.1f}); all cores busy {statistics.median(busy):.0f}% median "
         f"(max {max(busy):.0f}%), this benchmark included",
         "",
-        "| server | conns | req/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| server | conns | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for c in LEVELS:
         for name in SERVERS:
@@ -346,6 +359,7 @@ def report(args: argparse.Namespace, results: dict[tuple[str, int], list[WrkResu
                 runs = results[(name, c)]
                 lines.append(f"| {name} | {c} | {_median(runs, 'rps'):.0f} | "
                              f"{_median(runs, 'p50_ms'):.2f} | {_median(runs, 'p99_ms'):.2f} | "
+                             f"{_median(runs, 'server_cpu_us'):.0f} | "
                              f"{sum(r.errors for r in runs)} |")
     if grpc:
         lines += ["", "gRPC (the project's driver: wrk speaks HTTP only)", "",
