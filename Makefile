@@ -24,7 +24,7 @@ define have_dataplane
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1
 endef
 
-.PHONY: help setup dataplane browser console lock models serve up down status demo test lint pytest manifests bench bench-speed loadtest clean
+.PHONY: help setup dataplane browser console lock models serve up down status demo batch test lint pytest manifests bench bench-speed loadtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -100,6 +100,9 @@ test: lint pytest ## Lint, then the whole test suite
 
 demo: models ## Run the local demo of the whole flow
 	$(BIN)/serving demo --models $(MODELS)
+
+batch: models ## Score the hold-out set with the batch Metaflow flow, locally (prints where the predictions are)
+	$(BIN)/python -m serving.batch.flow_local --models $(MODELS)
 
 manifests: $(STAMP) ## Render the chart's defaults into manifests/ (+ values.schema.json from serving/spec.py)
 	$(BIN)/serving manifests
