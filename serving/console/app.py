@@ -59,12 +59,16 @@ def now_panel() -> None:
     st.header("Now")
     try:
         view = now_data.read_now(config)
-        metrics = live_metrics(config)
-        metrics.refresh()
-        recent = metrics.recent()
     except ServingError as e:
         unreachable(e)
         return
+    metrics = live_metrics(config)
+    try:
+        metrics.refresh()
+        recent = metrics.recent()
+    except ServingError as e:  # what runs is known; only the figures are missing
+        st.warning(f"No figures: {e.message}")
+        recent = {}
     rows = []
     for p in view.predictors:
         f = recent.get(p.name) or now_data.Figures(0.0, None, None, None)

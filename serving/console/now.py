@@ -119,13 +119,16 @@ def _cluster_now(config: ConsoleConfig) -> Now:
         note = "examples of disagreements are kept by the local router only"
         rate, rows_compared = None, 0
         if config.prometheus:
-            window = PrometheusSource(config.prometheus, spec.deployment.name,
-                                      spec.deployment.namespace).window(
-                time.time() - 5 * RECENT_SECONDS)
-            agreed, disagreed = window.shadow_rows.get(shadow.name, (0.0, 0.0))
-            rows_compared = int(agreed + disagreed)
-            rate = agreed / rows_compared if rows_compared else None
-            note = "over the last 5 minutes; " + note
+            try:
+                window = PrometheusSource(config.prometheus, spec.deployment.name,
+                                          spec.deployment.namespace).window(
+                    time.time() - 5 * RECENT_SECONDS)
+                agreed, disagreed = window.shadow_rows.get(shadow.name, (0.0, 0.0))
+                rows_compared = int(agreed + disagreed)
+                rate = agreed / rows_compared if rows_compared else None
+                note = "over the last 5 minutes; " + note
+            except ServingError as e:  # what runs is still worth showing
+                note = f"no agreement figures: {e.message}"
         shadow_now = ShadowNow(shadow.name, shadow.version, rate, rows_compared, [], note)
     meta = sdep["metadata"]
     return Now(f"{meta['namespace']}/{meta['name']}", predictors, shadow_now)
