@@ -8,7 +8,9 @@
 4. the floor under the router's cost: bare nginx and bare HAProxy (if installed) at 16 gRPC
    clients, where the router is closest to its targets;
 5. speed: the plain FastAPI app users would write vs MLServer's defaults vs ours vs the local
-   stack, with wrk, and model compute per row, scikit-learn vs compiled (serving.bench.speed).
+   stack, with wrk, and model compute per row, scikit-learn vs compiled (serving.bench.speed);
+6. the comparator: events per core (vs a no-op HTTP handler), memory with 10,000 pending pairs,
+   event-to-verdict lag at half the target rate (serving.bench.comparator_bench).
 Each part prints its figures and its ratios; they land in the report folder as markdown.
 """
 
@@ -20,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import idle_interference, mlserver_bench, proxy_floor, router_bench, speed
+from . import comparator_bench, idle_interference, mlserver_bench, proxy_floor, router_bench, speed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,8 +54,13 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     fifth = speed.main(["--models", str(args.models), "--duration", duration,
                         "--out", str(out / "speed.md")])
+    print("\n== 6/6 the comparator: events per core, memory with 10,000 pending pairs, lag ==",
+          flush=True)
+    with open(out / "comparator.md", "w") as f, contextlib.redirect_stdout(f):
+        sixth = comparator_bench.main([])
+    print((out / "comparator.md").read_text(), end="")
     print(f"\nreports written to {out}/")
-    return first or second or third or fourth or fifth
+    return first or second or third or fourth or fifth or sixth
 
 
 if __name__ == "__main__":

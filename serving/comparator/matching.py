@@ -62,6 +62,7 @@ class Verdict:
 
 
 Report = Callable[[Verdict], None]
+EXPIRE_EVERY = 0.05  # seconds: expiring is checked at most this often per event
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Comparator:
 
     def __post_init__(self) -> None:
         s = self.settings
+        self._counters: dict[tuple[str, ...], Any] = {}  # label children, looked up once
+        self._expired_at = 0.0
         self.disagreements = deque(maxlen=s.examples)
         self.seen: BoundedStore[str, None] = BoundedStore(s.ttl_seconds, 4 * s.max_pending)
         self.halves: BoundedStore[tuple[str, str, str, str], Exchange] = BoundedStore(
@@ -124,12 +127,13 @@ class Comparator:
         """Take one event (already parsed and known to be of a served deployment). False: a
         duplicate, ignored."""
         now = self.clock()
-        self.expire(now)
+        if now - self._expired_at > EXPIRE_EVERY:
+            self.expire(now)
         if event.id in self.seen:
             self.metrics.duplicates.labels(event.deployment, event.endpoint).inc()
             return False
         self.seen.put(event.id, None, now)
-        self.metrics.events.labels(event.deployment, event.endpoint, role, event.kind).inc()
+        self._child("events", event.deployment, event.endpoint, role, event.kind).inc()
         key = (event.deployment, event.endpoint, event.request_id, role)
         half = self.halves.get(key) or Exchange()
         if getattr(half, event.kind) is not None:  # a retried call logged again: first one wins
@@ -145,8 +149,14 @@ class Comparator:
             self._shadow_complete(done, now, event)
         else:
             self._primary_complete(done, now, event)
-        self._gauges()
         return True
+
+    def _child(self, metric: str, *labels: str) -> Any:
+        key = (metric, *labels)
+        child = self._counters.get(key)
+        if child is None:
+            child = self._counters[key] = getattr(self.metrics, metric).labels(*labels)
+        return child
 
     def _shadow_complete(self, shadow: Complete, now: float, last: InferenceEvent) -> None:
         d = shadow.request.deployment
@@ -196,11 +206,11 @@ class Comparator:
             m.declare(d, name)
         total[0] += result.rows
         total[1] += result.agreed
-        m.shadow_rows.labels(d, name, "agreed").inc(result.agreed)
-        m.shadow_rows.labels(d, name, "disagreed").inc(result.rows - result.agreed)
-        m.shadow_agreement.labels(d, name).set(total[1] / total[0] if total[0] else 1.0)
+        self._child("shadow_rows", d, name, "agreed").inc(result.agreed)
+        self._child("shadow_rows", d, name, "disagreed").inc(result.rows - result.agreed)
+        self._child("shadow_agreement", d, name).set(total[1] / total[0] if total[0] else 1.0)
         sent = last.time if last.time is not None else now
-        m.lag.labels(d).observe(max(now - sent, 0.0))
+        self._child("lag", d).observe(max(now - sent, 0.0))
         if result.agreed < result.rows:
             self.disagreements.append(self._example(primary, shadow, result, now))
         if self.report is not None:
@@ -228,10 +238,12 @@ class Comparator:
 
     def expire(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
+        self._expired_at = now
         for store in (self.seen, self.halves, self.shadows, self.primaries):
             store.expire(now)
 
-    def _gauges(self) -> None:
+    def gauges(self) -> None:
+        """Set the pending gauges (at each scrape and each second, not per event)."""
         self.metrics.pending.labels("halves").set(len(self.halves))
         self.metrics.pending.labels("shadows").set(len(self.shadows))
         self.metrics.pending.labels("primaries").set(len(self.primaries))

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,6 @@ logger = logging.getLogger("serving.comparator")
 MAX_BODY = 8 * 1024 * 1024
 #: HTTP status per refusal reason
 STATUS = {"unknown_deployment": 404, "unknown_role": 404, "bad_body": 422}
-COMPARATOR_KEY = web.AppKey("comparator", Comparator)
 
 
 def _refuse(comparator: Comparator, reason: str, message: str) -> web.Response:
@@ -42,9 +42,8 @@ def _refuse(comparator: Comparator, reason: str, message: str) -> web.Response:
                              status=STATUS.get(reason, 400))
 
 
-async def take_event(request: web.Request) -> web.Response:
-    comparator = request.app[COMPARATOR_KEY]
-    role = request.match_info["role"]
+async def take_event(comparator: Comparator, role: str, request: web.BaseRequest
+                     ) -> web.Response:
     if role not in ROLES:
         return _refuse(comparator, "unknown_role", f"POST events to /events/primary or "
                        f"/events/shadow, not /events/{role}")
@@ -63,35 +62,56 @@ async def take_event(request: web.Request) -> web.Response:
     return web.Response(status=200 if taken else 208)  # 208: already reported
 
 
-async def metrics(request: web.Request) -> web.Response:
-    comparator = request.app[COMPARATOR_KEY]
+def metrics(comparator: Comparator) -> web.Response:
     comparator.expire()
+    comparator.gauges()
     return web.Response(body=generate_latest(comparator.metrics.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-async def disagreements(request: web.Request) -> web.Response:
-    comparator = request.app[COMPARATOR_KEY]
+def disagreements(comparator: Comparator, request: web.BaseRequest) -> web.Response:
     try:
         limit = int(request.query.get("limit", "20"))
     except ValueError:
         return web.json_response({"error": "limit must be a whole number"}, status=400)
-    recent = list(comparator.disagreements)[-max(limit, 0):] if limit > 0 else []
+    recent = list(comparator.disagreements)[-limit:] if limit > 0 else []
     return web.json_response({"agreement": comparator.agreement(),
                               "disagreements": recent[::-1]})  # newest first
 
 
-async def live(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+def make_handler(comparator: Comparator) -> Callable[[web.BaseRequest],
+                                                     Awaitable[web.StreamResponse]]:
+    """aiohttp's low-level server, routed by hand: five fixed routes do not need the
+    application's router and middlewares, and each event pays for them (see the benchmark)."""
+
+    async def handle(request: web.BaseRequest) -> web.StreamResponse:
+        path, method = request.path, request.method
+        try:
+            if path.startswith("/events/"):
+                if method != "POST":
+                    return web.json_response({"error": "POST events"}, status=405)
+                return await take_event(comparator, path[len("/events/"):], request)
+            if method == "GET":
+                if path == "/metrics":
+                    return metrics(comparator)
+                if path == "/disagreements":
+                    return disagreements(comparator, request)
+                if path in ("/health/live", "/health/ready"):
+                    return web.json_response({"status": "ok"})
+            return web.json_response({"error": f"no {method} {path} here (POST /events/primary"
+                                      " or /events/shadow; GET /metrics, /disagreements)"},
+                                     status=404)
+        except web.HTTPException as e:  # 413 for a body beyond MAX_BODY, ...
+            return web.json_response({"error": e.reason}, status=e.status)
+
+    return handle
 
 
-def make_app(comparator: Comparator) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY)
-    app[COMPARATOR_KEY] = comparator
-    app.add_routes([web.post("/events/{role}", take_event), web.get("/metrics", metrics),
-                    web.get("/disagreements", disagreements), web.get("/health/live", live),
-                    web.get("/health/ready", live)])
-    return app
+def _make_request(message: Any, payload: Any, protocol: Any, writer: Any, task: Any
+                  ) -> web.BaseRequest:
+    # as web.Server's own, with room for bodies up to MAX_BODY (its default is 1 MiB)
+    return web.BaseRequest(message, payload, protocol, writer, task,
+                           asyncio.get_running_loop(), client_max_size=MAX_BODY)
 
 
 async def _expire_every(comparator: Comparator, seconds: float) -> None:
@@ -99,7 +119,7 @@ async def _expire_every(comparator: Comparator, seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         comparator.expire()
-        comparator._gauges()
+        comparator.gauges()
 
 
 async def serve(host: str, port: int, settings: Settings, telemetry: Path | None = None,
@@ -117,7 +137,8 @@ async def serve(host: str, port: int, settings: Settings, telemetry: Path | None
             writer.compared(v.shadow, v.primary, 1, v.result)
 
     comparator = Comparator(settings, report=report)
-    runner = web.AppRunner(make_app(comparator), access_log=None, handle_signals=False)
+    server = web.Server(make_handler(comparator), request_factory=_make_request)
+    runner = web.ServerRunner(server, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
