@@ -59,6 +59,7 @@ BUILTIN = [
     Kind("", "v1", "ConfigMap", "configmaps"),
     Kind("", "v1", "Service", "services"),
     Kind("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies"),
+    Kind("apps", "v1", "Deployment", "deployments"),  # the chart's comparator
 ]
 SELDON = Kind(
     "machinelearning.seldon.io", "v1", "SeldonDeployment", "seldondeployments", custom=True

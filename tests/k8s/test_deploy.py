@@ -62,8 +62,11 @@ def test_deploy_server_side_applies_every_object_with_the_field_manager(
     patches = [(path, ctype) for method, path, ctype in apiserver.requests if method == "PATCH"]
     assert [p.rsplit("/", 2)[-2] for p, _ in patches] == [
         "networkpolicies",
+        "networkpolicies",
         "configmaps",
         "seldondeployments",
+        "deployments",  # the comparator and its Service
+        "services",
     ]
     assert {ctype for _, ctype in patches} == {"application/apply-patch+yaml"}
     sdep = apiserver.get(SELDON.api_version, "SeldonDeployment", "models", "breast-cancer")

@@ -4,19 +4,33 @@ annotation guarded by resourceVersion."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 from kubernetes.dynamic import DynamicClient
 
+from serving.comparator.matching import Settings as ComparatorSettings
+from serving.comparator.process import ComparatorProcess
 from serving.k8s.rollout_backend import STATUS_ANNOTATION, AnnotationStateStore, KubernetesBackend
+from serving.k8s.wait import get_sdep
 from serving.rollout.commands import Target, begin
 from serving.rollout.controller import Controller
 from serving.rollout.metrics_source import PredictorWindow, Window
 from serving.rollout.plan import RolloutPlan
 from serving.rollout.state import Phase, StaleState
+from serving.server import free_port
 
-from .conftest import VALUES
+from ..comparator.cluster import PlayedCluster
+from ..comparator.executors import disagreeing_labels, stable_labels
+from ..comparator.prometheus import prometheus
+from .conftest import VALUES, write_values
 from .fake_apiserver import SELDON, FakeApiServer
 
 KEY = (SELDON.api_version, "seldondeployments", "models", "breast-cancer")
@@ -124,3 +138,56 @@ def test_status_write_racing_another_writer_gets_a_conflict(deployed: FakeApiSer
     backend.sdep = sdep_then_someone_writes  # type: ignore[method-assign]
     with pytest.raises(StaleState):
         store.save(status)
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(PROMETHEUS is None, reason="the 'prometheus' server is not installed "
+                    "(Debian package 'prometheus')")
+@pytest.mark.parametrize("agreeing", [False, True], ids=["disagreeing", "agreeing"])
+def test_the_default_plans_mirror_step_is_judged_from_the_comparator_on_the_cluster(
+        deployed: FakeApiServer, api: DynamicClient, kubeconfig: Path, tmp_path: Path,
+        agreeing: bool) -> None:
+    """`serving rollout start v4 --kubernetes --prometheus URL`, the default plan (mirror 100%
+    first): the rendered SeldonDeployment logs to the comparator, played executors send it their
+    events and export their request metrics, a real Prometheus scrapes both, and the verdict
+    comes from the comparator's seldon_shadow_rows."""
+    values = yaml.safe_load(VALUES.read_text())
+    values["rollout"]["analysis"] = {"intervalSeconds": 1, "minRequests": 40}
+    values_path = write_values(tmp_path, values)
+    comparator = ComparatorProcess(free_port(), ComparatorSettings(
+        deployments=frozenset({"breast-cancer"})), log=tmp_path / "comparator.log")
+    comparator.start()
+    played = PlayedCluster(lambda: get_sdep(api, "models", "breast-cancer"), comparator.url,
+                           {"v4": stable_labels if agreeing else disagreeing_labels})
+    try:
+        with prometheus(tmp_path, {"comparator": comparator.url.removeprefix("http://"),
+                                   "executors": played.metrics_target},
+                        labels={"namespace": "models"}) as url:
+            played.start()
+            cli = subprocess.run(
+                [sys.executable, "-m", "serving.cli", "rollout", "start", "v4", "--kubernetes",
+                 "--prometheus", url, "--values", str(values_path)],
+                env={**os.environ, "KUBECONFIG": str(kubeconfig)}, capture_output=True,
+                text=True, timeout=240)
+            played.stop()
+    finally:
+        comparator.stop()
+    out = cli.stdout + cli.stderr
+    # while mirrored, the candidate's executor logged to the comparator's shadow URL
+    assert ("canary", "v4", "shadow") in played.seen, (played.seen, out)
+    assert played.events_refused == 0, out
+    status = json.loads(deployed.objects[KEY]["metadata"]["annotations"][STATUS_ANNOTATION])
+    if agreeing:
+        assert cli.returncode == 0, out
+        assert status["phase"] == "Promoted", out
+        assert "step 2: analysis successful" in out and "rows agree = 100.0%" in out, out
+        assert predictors(deployed)[0] == ("stable", "v4", 100, False)
+    else:
+        assert cli.returncode == 4, out
+        assert status["phase"] == "RolledBack", out
+        assert "rows agree" in out and "failed" in out, out
+        assert predictors(deployed) == [("stable", "v1", 100, False),
+                                        ("shadow", "v3", 100, True)]
