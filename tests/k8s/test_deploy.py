@@ -77,7 +77,8 @@ def test_deploy_server_side_applies_every_object_with_the_field_manager(
     assert (
         apiserver.get("v1", "Pod", "models", "breast-cancer-test-inference") is None
     )  # hooks stay out
-    assert out[-1] == "applied SeldonDeployment models/breast-cancer (generation 1)"
+    assert "applied SeldonDeployment models/breast-cancer (generation 1)" in out
+    assert out[-1] == "applied Service models/breast-cancer-comparator (generation 1)"
 
 
 def test_deploy_is_idempotent(
