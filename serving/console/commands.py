@@ -51,6 +51,9 @@ def console_env(config: ConsoleConfig, token: str | None = None) -> dict[str, st
 @click.option("--ingress", default=None,
               help="With --kubernetes: REST base for Try the model, "
                    "http://<istio-ingress>/seldon/<namespace>/<deployment>.")
+@click.option("--comparator", default=None,
+              help="The comparator's URL for examples of disagreements (default: the local "
+                   "stack's; on a cluster e.g. through kubectl port-forward).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the page listens on (loopback: only this machine).")
 @click.option("--port", default=8501, show_default=True, type=int)
@@ -58,7 +61,8 @@ def console_env(config: ConsoleConfig, token: str | None = None) -> dict[str, st
               help="Seconds between the page's refreshes.")
 @friendly_errors
 def console(values_path: str, state_dir: Path, kubernetes: bool, context: str | None,
-            prometheus: str | None, ingress: str | None, host: str, port: int,
+            prometheus: str | None, ingress: str | None, comparator: str | None, host: str,
+            port: int,
             refresh: float) -> None:
     """A page to watch a rollout, steer it and try the model (Streamlit)."""
     if kubernetes and not prometheus:
@@ -68,7 +72,7 @@ def console(values_path: str, state_dir: Path, kubernetes: bool, context: str | 
         raise ServingError(f"--refresh {refresh:g}: must be more than 0 seconds")
     config = ConsoleConfig(values_path=values_path, state_dir=state_dir,
                            kubernetes=kubernetes, context=context, prometheus=prometheus,
-                           ingress=ingress, refresh_seconds=refresh)
+                           ingress=ingress, comparator=comparator, refresh_seconds=refresh)
     token = None
     if kubernetes:
         # The cluster's admin is whoever holds the kubeconfig; the page's buttons need this

@@ -25,6 +25,9 @@ class ConsoleConfig:
     ingress: str | None = None
     """On a cluster: the REST base the page sends its own requests to (Try the model),
     http://<istio-ingress>/seldon/<namespace>/<deployment>."""
+    comparator: str | None = None
+    """The comparator's base URL (its GET /disagreements has the input rows); locally the
+    stack's state file names it."""
     refresh_seconds: float = 2.0
 
     @property
@@ -61,5 +64,6 @@ def from_env(env: dict[str, str] | None = None) -> ConsoleConfig:
         context=get("context"),
         prometheus=get("prometheus"),
         ingress=get("ingress"),
+        comparator=get("comparator"),
         refresh_seconds=float(get("refresh_seconds") or 2.0),
     )

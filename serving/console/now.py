@@ -16,6 +16,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+
 from .. import dataset
 from ..errors import ServingError
 from ..rollout.metrics_source import (
@@ -93,11 +95,29 @@ def read_now(config: ConsoleConfig) -> Now:
     shadow_now = None
     if shadow is not None:
         agreement = status["shadow"]["agreement"]
-        shadow_now = ShadowNow(
-            shadow.name, shadow.version, agreement["agreementRate"],
-            int(agreement["rowsCompared"]),
-            [disagreement(d) for d in reversed(agreement["recentDisagreements"])])
+        examples = [disagreement(d) for d in reversed(agreement["recentDisagreements"])]
+        note = ""
+        url = config.comparator or read_state(config.state_dir).get("comparatorUrl")
+        if url:  # the comparator keeps the input rows too
+            try:
+                examples = comparator_disagreements(url, str(status["deployment"]))
+            except ServingError as e:
+                note = f"{e.message}; showing the router's examples"
+        shadow_now = ShadowNow(shadow.name, shadow.version, agreement["agreementRate"],
+                               int(agreement["rowsCompared"]), examples, note)
     return Now(f"{status['namespace']}/{status['deployment']}", predictors, shadow_now)
+
+
+def comparator_disagreements(url: str, deployment: str, limit: int = 5) -> list[Disagreement]:
+    """The latest disagreements from the comparator's GET /disagreements, newest first."""
+    try:
+        resp = httpx.get(url.rstrip("/") + "/disagreements", params={"limit": 50}, timeout=3)
+        resp.raise_for_status()
+        items = resp.json()["disagreements"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+        raise ServingError(f"the comparator at {url} did not answer ({e})") from e
+    mine = [d for d in items if d.get("deployment") in (None, deployment)]
+    return [disagreement(d) for d in mine[:limit]]
 
 
 def _cluster_now(config: ConsoleConfig) -> Now:
@@ -116,8 +136,16 @@ def _cluster_now(config: ConsoleConfig) -> Now:
     shadow = next((p for p in predictors if p.shadow), None)
     shadow_now = None
     if shadow is not None:
-        note = "examples of disagreements are kept by the local router only"
+        note = ("examples of disagreements: start the console with --comparator URL (the "
+                "comparator's Service, e.g. through kubectl port-forward)")
+        examples: list[Disagreement] = []
         rate, rows_compared = None, 0
+        if config.comparator:
+            try:
+                examples = comparator_disagreements(config.comparator, spec.deployment.name)
+                note = ""
+            except ServingError as e:
+                note = e.message
         if config.prometheus:
             try:
                 window = PrometheusSource(config.prometheus, spec.deployment.name,
@@ -126,10 +154,10 @@ def _cluster_now(config: ConsoleConfig) -> Now:
                 agreed, disagreed = window.shadow_rows.get(shadow.name, (0.0, 0.0))
                 rows_compared = int(agreed + disagreed)
                 rate = agreed / rows_compared if rows_compared else None
-                note = "over the last 5 minutes; " + note
+                note = "agreement over the last 5 minutes" + (f"; {note}" if note else "")
             except ServingError as e:  # what runs is still worth showing
                 note = f"no agreement figures: {e.message}"
-        shadow_now = ShadowNow(shadow.name, shadow.version, rate, rows_compared, [], note)
+        shadow_now = ShadowNow(shadow.name, shadow.version, rate, rows_compared, examples, note)
     meta = sdep["metadata"]
     return Now(f"{meta['namespace']}/{meta['name']}", predictors, shadow_now)
 
@@ -138,8 +166,8 @@ _DETAIL = re.compile(r"row (\d+): primary (\{.*\}) vs shadow (\{.*\})$")
 
 
 def disagreement(item: dict[str, Any]) -> Disagreement:
-    """One of the router's recent disagreements. Those carry the row index and both answers in
-    `detail`; an `input` row and `primaryAnswer`/`shadowAnswer`, when present, are used as is."""
+    """One recent disagreement: the comparator's (`input` row, `primaryAnswer`, `shadowAnswer`)
+    or the router's (the row index and both answers in `detail` only)."""
     detail = str(item.get("detail", ""))
     primary: Any = item.get("primaryAnswer")
     shadow: Any = item.get("shadowAnswer")
@@ -147,6 +175,8 @@ def disagreement(item: dict[str, Any]) -> Disagreement:
         with contextlib.suppress(ValueError, SyntaxError):  # then shown as the detail only
             primary, shadow = ast.literal_eval(m.group(2)), ast.literal_eval(m.group(3))
     row = item.get("input")
+    if isinstance(row, dict) and len(row) == 1:  # the comparator's: {input name: row}
+        row = next(iter(row.values()))
     return Disagreement(str(item.get("primary", "?")),
                         [float(v) for v in row] if isinstance(row, list) else None,
                         describe_answer(primary), describe_answer(shadow), detail)

@@ -56,8 +56,9 @@ def test_a_router_disagreement_shows_both_answers() -> None:
                           "'predict_proba': [0.37, 0.63]}"})
     assert (d.predictor, d.primary_answer, d.shadow_answer, d.input_row) == (
         "stable", "malignant (p=0.93)", "benign (p=0.63)", None)
-    with_row = now.disagreement({"primary": "stable", "input": [1, 2.5], "detail": "x",
-                                 "primaryAnswer": {"predict": [1]},
+    # the comparator's examples carry the input row by input name
+    with_row = now.disagreement({"primary": "stable", "input": {"input-0": [1, 2.5]},
+                                 "detail": "x", "primaryAnswer": {"predict": 1},
                                  "shadowAnswer": {"predict": [0]}})
     assert (with_row.input_row, with_row.primary_answer, with_row.shadow_answer) == (
         [1.0, 2.5], "benign", "malignant")
@@ -71,9 +72,15 @@ def test_now_reads_what_serving_status_reads(at_baseline: Stack) -> None:
     assert view.shadow is not None
     assert view.shadow.rows_compared <= status["shadow"]["agreement"]["rowsCompared"]
     deadline = time.monotonic() + 30
-    while not now.read_now(config_of(at_baseline)).shadow.disagreements:  # type: ignore[union-attr]
+    while not (shadow := now.read_now(config_of(at_baseline)).shadow).disagreements:  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "v4 as the shadow never disagreed"
         time.sleep(0.5)
+    # from the comparator (the stack's state file names it): the input row and both answers
+    latest = shadow.disagreements[0]  # type: ignore[union-attr]
+    assert latest.input_row is not None and len(latest.input_row) == 30, latest
+    assert (latest.primary_answer.split()[0], latest.shadow_answer.split()[0]) == (
+        "malignant", "benign")  # v4 always answers the majority class
+    assert latest.input_row in dataset.load().x_test.tolist()  # a row callers sent
 
 
 def test_live_metrics_count_the_load(at_baseline: Stack) -> None:
