@@ -113,7 +113,7 @@ def test_down_after_a_killed_router_ends_what_it_left_and_removes_its_folders(
     run_dir = Path(state["runDir"])
     assert list(run_dir.glob("mlserver-*"))  # the model server's working folder is in there
     recorded = {r["what"]: r["pid"] for r in state["processes"]}
-    assert set(recorded) == {"replica stable-0", "nginx", "shadow worker"}
+    assert set(recorded) == {"replica stable-0", "nginx", "shadow worker", "comparator"}
     replica = recorded["replica stable-0"]
     os.kill(replica, signal.SIGSTOP)  # stopped, it cannot act on the SIGTERM its parent's death sends
     os.kill(stack.process.pid, signal.SIGKILL)
