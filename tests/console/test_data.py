@@ -9,7 +9,7 @@ import pytest
 from serving import dataset
 from serving.console import now, rollout_panel, try_model
 from serving.errors import ServingError
-from serving.rollout.state import FileStateStore
+from serving.rollout.state import FileStateStore, Phase
 
 from ..router.conftest import Stack
 from .conftest import config_of
@@ -133,3 +133,36 @@ def test_answers_pin_each_predictor(at_baseline: Stack) -> None:
     csv = try_model.as_csv(rows, got).decode().splitlines()
     assert csv[0].startswith("row,mean radius,") and csv[0].endswith(",all agree")
     assert len(csv) == 41
+
+
+def test_pause_and_resume_from_the_page(at_baseline: Stack) -> None:
+    """Start runs the controller in the background; pause holds the rollout (the controller
+    stops); resume, as 'serving rollout resume', starts the controller again and it walks on to
+    the plan's pause-until-resume step."""
+    config = config_of(at_baseline)
+    token = at_baseline.state["adminToken"]
+    store = FileStateStore(at_baseline.state_dir)
+
+    def wait_for(phase: Phase, step: int) -> None:
+        deadline = time.monotonic() + 60
+        while (s := store.load()) is None or (s.phase, s.step_index) != (phase, step):
+            assert time.monotonic() < deadline, s
+            time.sleep(0.2)
+
+    rollout_panel.act(config, "start", token, "v2")
+    wait_for(Phase.PROGRESSING, 1)  # at 20%, in the 3 s pause
+    assert rollout_panel.act(config, "pause", token) == ["Paused: paused by an operator"]
+    time.sleep(4)  # longer than the plan's pause: a paused rollout does not walk on
+    assert store.load().step_index == 1  # type: ignore[union-attr]
+    with pytest.raises(ServingError, match="the rollout is already paused"):
+        rollout_panel.act(config, "pause", token)
+    lines = rollout_panel.act(config, "resume", token)
+    assert "drives it in the background" in lines[-1]
+    wait_for(Phase.PAUSED, 3)  # walked on to 50% and the pause-until-resume step
+    view = rollout_panel.read_rollout(config)
+    assert view is not None and view.headline.startswith("Rollout of v2 is paused")
+    assert [e["what"] for e in view.history][:4] == ["Paused", "Moved on", "Moved on",
+                                                     "Resumed"]
+    rollout_panel.act(config, "abort", token)
+    running = [(p["name"], p["version"], p["traffic"]) for p in at_baseline.status()["predictors"]]
+    assert running == [("stable", "v1", 100), ("shadow", "v4", 100)]
