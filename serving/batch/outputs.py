@@ -137,8 +137,9 @@ class SqlOutput:
                                          pa.string(): sa.Text}
         columns = [sa.Column("chunk", sa.String(32), nullable=False)]
         for f in schema:
-            kind: Any = (sa.DateTime(timezone=True) if pa.types.is_timestamp(f.type)
-                         else types[f.type])
+            value = f.type.value_type if pa.types.is_dictionary(f.type) else f.type
+            kind: Any = (sa.DateTime(timezone=True) if pa.types.is_timestamp(value)
+                         else types[value])
             columns.append(sa.Column(f.name, kind))
         table = sa.Table(self.table_name, sa.MetaData(), *columns,
                          sa.Index(f"ix_{self.table_name}_batch_chunk", "batch_id", "chunk"))

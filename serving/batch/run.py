@@ -53,11 +53,24 @@ def manifest_name(shard: tuple[int, int]) -> str:
     return "manifest.jsonl" if n == 1 else f"manifest-{i}-of-{n}.jsonl"
 
 
+def _repeated(values: np.ndarray) -> pa.Array:
+    """A string column that repeats a few values (version, predictor), dictionary-encoded:
+    cheaper to build and to store than one string per row."""
+    if len(values) and (values == values[0]).all():
+        return _constant(str(values[0]), len(values))
+    return pa.array(values, pa.string()).dictionary_encode()
+
+
+def _constant(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
+                                          pa.array([value], pa.string()))
+
+
 def output_table(chunk: inputs.Chunk, scored: Scored, keep: np.ndarray, batch_id: str,
                  scored_at: datetime) -> pa.Table:
     m = int(keep.sum())
     columns: dict[str, Any] = {
-        "file": pa.array([chunk.file] * m, pa.string()),
+        "file": _constant(chunk.file, m),
         "row": pa.array(chunk.rows[keep], pa.int64()),
     }
     if chunk.ids is not None:
@@ -66,10 +79,11 @@ def output_table(chunk: inputs.Chunk, scored: Scored, keep: np.ndarray, batch_id
     columns["prediction"] = pa.array(scored.labels[keep], pa.int64())
     for j in range(scored.proba.shape[1]):
         columns[f"proba_{j}"] = pa.array(scored.proba[keep, j], pa.float64())
-    columns["model_version"] = pa.array(scored.versions[keep].tolist(), pa.string())
-    columns["predictor"] = pa.array(scored.predictors[keep].tolist(), pa.string())
-    columns["batch_id"] = pa.array([batch_id] * m, pa.string())
-    columns["scored_at"] = pa.array([scored_at] * m, pa.timestamp("ms", tz="UTC"))
+    columns["model_version"] = _repeated(scored.versions[keep])
+    columns["predictor"] = _repeated(scored.predictors[keep])
+    columns["batch_id"] = _constant(batch_id, m)
+    at = np.datetime64(int(scored_at.timestamp() * 1000), "ms")
+    columns["scored_at"] = pa.array(np.full(m, at), pa.timestamp("ms", tz="UTC"))
     return pa.table(columns)
 
 

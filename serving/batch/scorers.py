@@ -51,8 +51,13 @@ class Scored:
     def counts(self) -> tuple[dict[str, int], dict[str, int]]:
         keep = np.ones(len(self.labels), dtype=bool)
         keep[list(self.refused)] = False
-        return (dict(Counter(self.predictors[keep].tolist())),
-                dict(Counter(self.versions[keep].tolist())))
+        return _count(self.predictors[keep]), _count(self.versions[keep])
+
+
+def _count(values: np.ndarray) -> dict[str, int]:
+    if len(values) and (values == values[0]).all():  # the usual case: one predictor, version
+        return {str(values[0]): len(values)}
+    return dict(Counter(values.tolist()))
 
 
 class Scorer(Protocol):

@@ -10,7 +10,9 @@
 5. speed: the plain FastAPI app users would write vs MLServer's defaults vs ours vs the local
    stack, with wrk, and model compute per row, scikit-learn vs compiled (serving.bench.speed);
 6. the comparator: events per core (vs a no-op HTTP handler), memory with 10,000 pending pairs,
-   event-to-verdict lag at half the target rate (serving.bench.comparator_bench).
+   event-to-verdict lag at half the target rate (serving.bench.comparator_bench);
+7. batch scoring: in-process on one core, through the stack at 1/64/512 rows per request, vs
+   `mlserver infer`; peak memory for 1,000,000 rows (serving.bench.batch_bench).
 Each part prints its figures and its ratios; they land in the report folder as markdown.
 """
 
@@ -22,7 +24,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import comparator_bench, idle_interference, mlserver_bench, proxy_floor, router_bench, speed
+from . import (
+    batch_bench,
+    comparator_bench,
+    idle_interference,
+    mlserver_bench,
+    proxy_floor,
+    router_bench,
+    speed,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     with open(out / "comparator.md", "w") as f, contextlib.redirect_stdout(f):
         sixth = comparator_bench.main([])
     print((out / "comparator.md").read_text(), end="")
+    print("\n== 7/7 batch scoring: in-process, through the stack, mlserver infer; memory ==",
+          flush=True)
+    seventh = batch_bench.main(["--models", str(args.models), "--out", str(out / "batch.md")])
     print(f"\nreports written to {out}/")
-    return first or second or third or fourth or fifth or sixth
+    return first or second or third or fourth or fifth or sixth or seventh
 
 
 if __name__ == "__main__":
