@@ -150,35 +150,47 @@ def histogram_quantile(url: str, q: float) -> float:
 
 
 def lag_run(url: str, rows: np.ndarray, rate: float, seconds: float) -> tuple[float, float,
-                                                                              float]:
-    """Events at `rate`/s made as they go (ce-time = when the executor would send them):
-    (p50, p99 upper bucket bound, seconds from the last event to the counter showing it)."""
+                                                                              float, float]:
+    """Mirrored requests started at `rate`/4 per second, each one's 4 events made just before
+    they are posted (ce-time = when an executor would send them), in order, on keep-alive
+    connections: (p50 and p99 upper bucket bounds of ce-time -> verdict, seconds from the last
+    event to the counter showing it, events/s actually sent)."""
     n = int(rate * seconds / 4)
 
-    async def run() -> float:
-        per_slice = max(int(rate / 40), 1)  # mirrored requests per 100 ms
-        start = time.perf_counter()
-        for first in range(0, n, per_slice):
-            # made just before they are sent: ce-time is when an executor would send them
-            await post_all(url, events_for(per_slice, rows, "lag", first), 8)
-            due = start + (first + per_slice) * 4 / rate
-            if (wait := due - time.perf_counter()) > 0:
-                await asyncio.sleep(wait)
-        return time.perf_counter()
+    async def one(session: aiohttp.ClientSession, i: int) -> None:
+        for role, m in events_for(1, rows, "lag", i):
+            async with session.post(f"{url}/events/{role}", headers=m.headers,
+                                    data=m.body) as resp:
+                await resp.read()
 
-    last = asyncio.run(run())
-    expected = (n + max(int(rate / 40), 1) - 1) // max(int(rate / 40), 1) * max(
-        int(rate / 40), 1)  # rows compared: one per mirrored request, whole slices
+    async def run() -> tuple[float, float]:
+        limit = asyncio.Semaphore(64)
+        tasks = []
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+            start = time.perf_counter()
+            for i in range(n):
+                if (wait := start + i * 4 / rate - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
+
+                async def limited(i: int = i) -> None:
+                    async with limit:
+                        await one(session, i)
+                tasks.append(asyncio.ensure_future(limited()))
+            await asyncio.gather(*tasks)
+            end = time.perf_counter()
+        return end, n * 4 / (end - start)
+
+    last, achieved = asyncio.run(run())
     while True:
         text = httpx.get(url + "/metrics", timeout=5).text
         rows_seen = sum(s.value for f in text_string_to_metric_families(text)
                         for s in f.samples if s.name == "seldon_shadow_rows_total"
                         and s.labels.get("deployment_name") == "lag")
-        if rows_seen >= expected or time.perf_counter() - last > 10:
+        if rows_seen >= n or time.perf_counter() - last > 10:
             break
         time.sleep(0.005)
     visible = time.perf_counter() - last
-    return histogram_quantile(url, 0.5), histogram_quantile(url, 0.99), visible
+    return histogram_quantile(url, 0.5), histogram_quantile(url, 0.99), visible, achieved
 
 
 def in_process(events: list[tuple[str, HTTPMessage]]) -> float:
@@ -273,10 +285,13 @@ def main(argv: list[str] | None = None) -> int:
               "pair (request + answer + index)")
 
         rate = TARGET_EVENTS_PER_CORE / 2
-        p50, p99, visible = lag_run(comparator.url, rows, rate, args.lag_seconds)
-        print(f"\nlag at {rate:.0f} events/s for {args.lag_seconds:g}s: ce-time -> verdict p50 "
-              f"<= {p50 * 1000:.0f} ms, p99 <= {p99 * 1000:.0f} ms (bucket bounds); last event "
-              f"-> visible on /metrics {visible * 1000:.0f} ms")
+        p50, p99, visible, achieved = lag_run(comparator.url, rows, rate, args.lag_seconds)
+        print(f"\nlag at {rate:.0f} events/s asked ({achieved:.0f}/s sent) for "
+              f"{args.lag_seconds:g}s: ce-time -> verdict p50 <= {p50 * 1000:.0f} ms, p99 <= "
+              f"{p99 * 1000:.0f} ms (bucket bounds); last event -> visible on /metrics "
+              f"{visible * 1000:.0f} ms")
+        if achieved < 0.9 * rate:
+            print("  (this client could not send the rate asked: the machine is loaded)")
         print(f"  target      < {TARGET_LAG_SECONDS:g} s: "
               f"{'met' if p99 < TARGET_LAG_SECONDS else 'NOT met'}")
         return 0
