@@ -81,22 +81,22 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
                                                      ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    expect.set_options(timeout=30_000)
+    expect.set_options(timeout=60_000)  # the machine may be busy with other tests
     SHOTS.mkdir(parents=True, exist_ok=True)
     token = at_baseline.state["adminToken"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1500})
-            page.set_default_timeout(30_000)
+            page.set_default_timeout(60_000)
             page.goto(console_url)
             now = page.locator("table").first
 
             def row(predictor: str) -> object:
                 return now.locator("tr", has=page.locator("td", has_text=predictor))
 
-            # 1. what runs: predictors, versions, weights
-            expect(row("stable")).to_contain_text("100%")
+            # 1. what runs: predictors, versions, weights (the first run imports the most)
+            expect(row("stable")).to_contain_text("100%", timeout=120_000)
             expect(row("shadow")).to_contain_text("mirrors 100%")
             expect(page.get_by_text("No rollout yet.")).to_be_visible()
             expect(page.get_by_text("agrees with stable")).to_be_visible()
@@ -114,7 +114,7 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             page.screenshot(path=SHOTS / "2-rollout-at-20.png", full_page=True)
 
             # 3. it advances by itself (the controller runs 'serving rollout run'): past the
-            # 3 s pause to 50%, then holds at the pause-until-resume step
+            # 8 s pause to 50%, then holds at the pause-until-resume step
             expect(page.get_by_text("Rollout of v2 is paused")).to_be_visible()
             expect(row("canary")).to_contain_text("50%")
             expect(page.get_by_text("step 4 of 4")).to_be_visible()
@@ -132,6 +132,20 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             expect(row("stable")).to_contain_text("100%")
             expect(row("canary")).to_have_count(0)
             page.screenshot(path=SHOTS / "4-aborted.png", full_page=True)
+
+            # 5. try the model: hold-out rows answered by each predictor, downloadable
+            page.get_by_role("button", name="Ask every predictor").click()
+            expect(page.get_by_text("rows with different answers")).to_be_visible()
+            expect(page.get_by_text("shadow (v4) shadow: asked its replica directly")
+                   ).to_be_visible()
+            with page.expect_download() as download:
+                page.get_by_test_id("stDownloadButton").get_by_role("button").click()
+            lines = Path(download.value.path()).read_text().splitlines()
+            assert lines[0].startswith("row,mean radius,") and len(lines) == 11
+            page.screenshot(path=SHOTS / "5-try-the-model.png", full_page=True)
+        except Exception:
+            page.screenshot(path=SHOTS / "failed.png", full_page=True)
+            raise
         finally:
             browser.close()
     running = [(p["name"], p["version"], p["traffic"]) for p in at_baseline.status()["predictors"]]

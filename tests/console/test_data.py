@@ -150,9 +150,12 @@ def test_pause_and_resume_from_the_page(at_baseline: Stack) -> None:
             time.sleep(0.2)
 
     rollout_panel.act(config, "start", token, "v2")
-    wait_for(Phase.PROGRESSING, 1)  # at 20%, in the 3 s pause
+    wait_for(Phase.PROGRESSING, 1)  # at 20%, in the 8 s pause
     assert rollout_panel.act(config, "pause", token) == ["Paused: paused by an operator"]
-    time.sleep(4)  # longer than the plan's pause: a paused rollout does not walk on
+    deadline = time.monotonic() + 15
+    while rollout_panel.controller_running(config) is not None:  # it stops when paused
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
     assert store.load().step_index == 1  # type: ignore[union-attr]
     with pytest.raises(ServingError, match="the rollout is already paused"):
         rollout_panel.act(config, "pause", token)
