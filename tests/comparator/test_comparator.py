@@ -4,15 +4,19 @@ executor's exact format, shuffled, duplicated, some lost; bad events each get th
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import orjson
 import pytest
 
+from serving.comparator.client import disagreements
 from serving.comparator.events import JSON, PROTOBUF, write_event
 from serving.comparator.pairing import BoundedStore
 from serving.comparator.process import ComparatorProcess
+from serving.errors import ServingError
+from serving.server import free_port
 
 from .conftest import Start, value
 from .executors import ROWS, Executor, Traffic, disagreeing_labels, post, rest_request, send
@@ -187,3 +191,15 @@ def test_bounded_store_expires_and_evicts_in_order() -> None:
     store.expire(now=12.5)
     assert dropped == [("a", "evicted"), ("c", "expired")]
     assert store.get("b") == 9 and store.pop("d") == 3 and "d" not in store
+
+
+def test_the_plain_client_reads_the_disagreements(comparator: ComparatorProcess,
+                                                  tmp_path: Path) -> None:
+    t = traffic("client", agreeing=False).calls(20, rows_per_call=2)
+    send(comparator.url, t.events)
+    body = disagreements(comparator.url, limit=3)
+    assert 0 < len(body["disagreements"]) <= 3
+    assert {"input", "primaryAnswer", "shadowAnswer", "primary", "shadow", "time"} <= set(
+        body["disagreements"][0])
+    with pytest.raises(ServingError, match="cannot read the comparator"):
+        disagreements(f"http://127.0.0.1:{free_port()}")
