@@ -78,6 +78,11 @@ class RolloutView:
     @property
     def traffic(self) -> str:
         s = self.status
+        if s.phase is Phase.PROMOTED:
+            return f"{s.stable_predictor} ({s.candidate}) 100%; the candidate predictor removed"
+        if s.phase.terminal:
+            return (f"{s.stable_predictor} ({s.stable_version}) 100%; the candidate "
+                    "predictor removed")
         if s.mirror_percent and not s.canary_weight:
             return (f"{s.stable_predictor} answers everyone; {s.candidate} sees a copy of "
                     f"{s.mirror_percent}% of requests (its answers are only compared)")

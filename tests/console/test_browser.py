@@ -129,6 +129,8 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             page.get_by_label("Admin token", exact=True).press("Enter")
             page.get_by_role("button", name="Yes, abort").click()
             expect(page.get_by_text("Rollout of v2 is aborted by an operator")).to_be_visible()
+            expect(page.get_by_text("stable (v1) 100%; the candidate predictor removed")
+                   ).to_be_visible()
             expect(row("stable")).to_contain_text("100%")
             expect(row("canary")).to_have_count(0)
             page.screenshot(path=SHOTS / "4-aborted.png", full_page=True)
