@@ -264,7 +264,7 @@ def verify_compiled(version_dir: Path, meta: ModelMetadata, expected: str | None
     """The compiled file to serve, checked against the spec's digest; or, as a string, why
     scikit-learn serves (not compiled, no digest in the spec, a library differs from the
     proof's). A compiled file whose digest differs from the spec's is refused (DigestMismatch)."""
-    from .compiled import compiler_versions
+    from importlib.metadata import PackageNotFoundError
 
     record = meta.compiled
     if record is None or record.file is None:
@@ -281,7 +281,10 @@ def verify_compiled(version_dir: Path, meta: ModelMetadata, expected: str | None
         raise DigestMismatch(path, compiled_key(meta.version), expected, actual)
     if actual != record.sha256:
         raise ChecksumMismatch(str(path), record.sha256 or "none", actual)
-    installed = compiler_versions()["onnxruntime"]
+    try:
+        installed = installed_version("onnxruntime")
+    except PackageNotFoundError:
+        return "model.onnx not used: onnxruntime is not installed"
     if record.libraries.get("onnxruntime") != installed:
         return (f"model.onnx not used: it was proven with onnxruntime {record.libraries.get('onnxruntime')}, "
                 f"{installed} is installed (re-run 'serving train')")
