@@ -24,7 +24,7 @@ define have_dataplane
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] && ls /usr/lib/*/lua/5.1/cjson.so >/dev/null 2>&1
 endef
 
-.PHONY: help setup dataplane browser console lock models serve up down status demo batch test lint pytest manifests bench bench-speed loadtest clean
+.PHONY: help setup dataplane browser console lock models serve up down status demo batch test lint pytest manifests bench bench-speed bench-comparator loadtest clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -115,6 +115,9 @@ bench: models ## Performance figures: MLServer defaults vs tuned, direct vs rout
 
 bench-speed: models ## Plain FastAPI app vs MLServer vs the stack (wrk), compiled vs scikit-learn per row
 	$(BIN)/python -m serving.bench.speed --models $(MODELS)
+
+bench-comparator: ## The comparator: events per core vs a no-op HTTP handler, memory with 10,000 pending pairs, lag
+	$(BIN)/python -m serving.bench.comparator_bench
 
 clean: ## Remove the venv, trained models and reports
 	rm -rf $(VENV) reports .pytest_cache .mypy_cache .ruff_cache
