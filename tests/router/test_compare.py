@@ -7,7 +7,7 @@ from mlserver.codecs import NumpyCodec
 from mlserver.grpc import converters
 from mlserver.types import InferenceResponse, RequestOutput
 
-from serving.agreement import compare, outputs_from_grpc, outputs_from_rest
+from serving.agreement import compare, outputs_from_grpc, outputs_from_rest, rest_response, row
 
 
 def response(labels: list[int], proba: list[list[float]]) -> InferenceResponse:
@@ -55,3 +55,15 @@ def test_numeric_outputs_agree_within_tolerance() -> None:
     a = outputs_from_rest(as_rest(regression([1.0, 2.0])))
     b = outputs_from_rest(as_rest(regression([1.0 + 1e-9, 2.5])))
     assert compare(a, b, rtol=1e-6).agreed == 1
+
+
+def test_the_first_disagreeing_row_and_rest_response_round_trip() -> None:
+    primary, shadow = outputs_from_rest(as_rest(PRIMARY)), outputs_from_rest(as_rest(SHADOW))
+    result = compare(primary, shadow, rtol=1e-6)
+    assert (result.rows, result.agreed, result.first_disagreement) == (3, 2, 1)
+    assert row(shadow, 1)["predict"] == [1] and row(primary, 1)["predict"] == [0]
+    again = outputs_from_rest(rest_response("m", shadow))
+    for name in shadow:
+        assert again[name][0] == shadow[name][0]
+        np.testing.assert_array_equal(again[name][1], shadow[name][1])
+    assert compare(primary, primary, rtol=1e-6).first_disagreement is None
