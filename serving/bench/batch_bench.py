@@ -174,17 +174,24 @@ def mlserver_infer(state: dict[str, Any], lines: Path, work: Path, workers: int,
 
 
 def peak_rss_mb(values: str, models: Path, source: Path, out: Path) -> float:
-    """Peak resident memory of `serving batch score` in-process on `source` (its own process)."""
-    code = ("import sys; from serving.batch.commands import batch; "
-            "batch(['score', *sys.argv[1:]], prog_name='serving batch')")
-    process = subprocess.Popen([sys.executable, "-c", code, str(source), "--out", str(out),
-                                "--values", values, "--models", str(models), "--quiet",
-                                "--overwrite"], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise RuntimeError(f"batch score on {source} exited {process.returncode}")
-    return usage.ru_maxrss / 1024
+    """Peak resident memory of `serving batch score` in-process on `source`, in its own process:
+    its VmHWM at exit (ru_maxrss would count the forking parent's memory too)."""
+    code = ("import atexit, sys\n"
+            "def peak():\n"
+            "    for line in open('/proc/self/status'):\n"
+            "        if line.startswith('VmHWM:'): sys.stderr.write('VmHWM ' + line.split()[1])\n"
+            "atexit.register(peak)\n"
+            "from serving.batch.commands import batch\n"
+            "batch(['score', *sys.argv[1:]], prog_name='serving batch')\n")
+    done = subprocess.run([sys.executable, "-c", code, str(source), "--out", str(out),
+                           "--values", values, "--models", str(models), "--quiet",
+                           "--overwrite"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          text=True, check=False)
+    found = re.search(r"VmHWM (\d+)", done.stderr)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"batch score on {source} exited {done.returncode}: "
+                           f"{done.stderr[-1500:]}")
+    return int(found.group(1)) / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
