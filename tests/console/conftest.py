@@ -26,7 +26,7 @@ VALUES = {
     # Steps a person can watch in a few seconds; analysis lenient so that a slow, loaded test
     # machine does not roll the candidate back in the middle of the test.
     "rollout": {"candidatePredictor": "canary",
-                "steps": [{"setWeight": 20}, {"pause": "8s"}, {"setWeight": 50},
+                "steps": [{"setWeight": 20}, {"pause": "5s"}, {"setWeight": 50},
                           {"pause": {}}],
                 "analysis": {"intervalSeconds": 1, "minRequests": 1000,
                              "maxErrorRateIncrease": 0.5, "maxP99Ratio": 20.0,

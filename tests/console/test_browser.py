@@ -109,12 +109,14 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             page.get_by_label("Admin token", exact=True).press("Enter")
             page.get_by_role("button", name="Yes, start").click()
             expect(page.get_by_text("Rollout of v2 is in progress")).to_be_visible()
-            expect(row("canary")).to_contain_text("20%")
-            expect(row("stable")).to_contain_text("80%")
+            # the controller records the step, then starts the canary's model server: the
+            # rollout says 20% from then on; the router shows the canary once it is ready
+            expect(page.get_by_text("stable (v1) 80%, canary (v2) 20%")).to_be_visible()
+            expect(row("canary")).to_be_visible()
             page.screenshot(path=SHOTS / "2-rollout-at-20.png", full_page=True)
 
             # 3. it advances by itself (the controller runs 'serving rollout run'): past the
-            # 8 s pause to 50%, then holds at the pause-until-resume step
+            # 5 s pause to 50%, then holds at the pause-until-resume step
             expect(page.get_by_text("Rollout of v2 is paused")).to_be_visible()
             expect(row("canary")).to_contain_text("50%")
             expect(page.get_by_text("step 4 of 4")).to_be_visible()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
 from serving import dataset
 from serving.console import now, rollout_panel, try_model
 from serving.errors import ServingError
 from serving.rollout.state import FileStateStore, Phase
+from serving.server import free_port
 
 from ..router.conftest import Stack
 from .conftest import config_of
@@ -150,7 +155,7 @@ def test_pause_and_resume_from_the_page(at_baseline: Stack) -> None:
             time.sleep(0.2)
 
     rollout_panel.act(config, "start", token, "v2")
-    wait_for(Phase.PROGRESSING, 1)  # at 20%, in the 8 s pause
+    wait_for(Phase.PROGRESSING, 1)  # at 20%, in the 5 s pause
     assert rollout_panel.act(config, "pause", token) == ["Paused: paused by an operator"]
     deadline = time.monotonic() + 15
     while rollout_panel.controller_running(config) is not None:  # it stops when paused
@@ -169,3 +174,41 @@ def test_pause_and_resume_from_the_page(at_baseline: Stack) -> None:
     rollout_panel.act(config, "abort", token)
     running = [(p["name"], p["version"], p["traffic"]) for p in at_baseline.status()["predictors"]]
     assert running == [("stable", "v1", 100), ("shadow", "v4", 100)]
+
+
+PROMETHEUS = shutil.which("prometheus")
+
+
+@pytest.mark.skipif(PROMETHEUS is None, reason="the 'prometheus' server is not installed "
+                    "(Debian package 'prometheus'; .ci/run installs it)")
+def test_live_metrics_through_prometheus(at_baseline: Stack, tmp_path: Path) -> None:
+    """With --prometheus (as on a cluster) the figures come from PromQL over the same names."""
+    target = at_baseline.state["restUrl"].removeprefix("http://")
+    config_file = tmp_path / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [{"job_name": "router", "static_configs": [{"targets": [target]}]}]}))
+    port = free_port()
+    assert PROMETHEUS is not None
+    process = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
+    try:
+        metrics = now.LiveMetrics(config_of(at_baseline, prometheus=f"http://127.0.0.1:{port}"))
+        deadline = time.monotonic() + 60
+        while True:  # until Prometheus has two scrapes of the router
+            try:
+                metrics.refresh()
+                if (stable := metrics.recent().get("stable")) and stable.requests_per_second > 1:
+                    break
+            except ServingError:
+                pass  # not up yet
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            time.sleep(0.5)
+        assert stable.p99_ms is not None and stable.p99_ms > 0
+        assert stable.error_rate == 0.0
+        assert metrics.series("requests_per_second")["stable"]
+    finally:
+        process.terminate()
+        process.wait(10)
