@@ -25,12 +25,16 @@ from .events import JSON, PROTOBUF, write_event
 logger = logging.getLogger("serving.router")
 CONTENT_TYPES = {"rest": JSON, "grpc": PROTOBUF}
 Lost = Callable[[str, int], None]  # (shadow, mirrored requests) whose events were lost
+#: mirrored requests whose events may wait to be posted. Small on purpose: when the comparator
+#: (or this idle-class worker) cannot keep up, agreement is judged on a sample of fresh requests
+#: rather than on a backlog minutes old (a rollout's mirror step would judge the last shadow).
+MAX_QUEUED = 256
 
 
 class EventSender:
     def __init__(self, url: str, session: aiohttp.ClientSession, lost: Lost,
-                 deployment: str, namespace: str, model: str, *, max_queued: int = 4096,
-                 senders: int = 4) -> None:
+                 deployment: str, namespace: str, model: str, *,
+                 max_queued: int = MAX_QUEUED, senders: int = 16) -> None:
         self.url = url.rstrip("/")
         self.session = session
         self.lost = lost

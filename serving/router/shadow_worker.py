@@ -84,6 +84,8 @@ class TelemetryWriter:
         while True:
             await asyncio.sleep(0.1)
             batch = self._batch()
+            if not batch:  # the comparator's writer, with nothing to report
+                continue
             try:
                 if self._writer is None:
                     _, self._writer = await asyncio.open_unix_connection(self.path)
@@ -102,7 +104,7 @@ async def serve(args: argparse.Namespace) -> None:
         events = EventSender(
             args.comparator, session,
             lambda shadow, n: report.count(shadow, "dropped", n, "events_lost"),
-            args.deployment, args.namespace, args.model, max_queued=args.max_in_flight)
+            args.deployment, args.namespace, args.model)
         mirror = Mirror(report, session, args.max_in_flight, args.timeout, args.rtol,
                         args.batch_rows, args.batch_wait, events=events)
         report.mirror = mirror
