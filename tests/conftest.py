@@ -34,7 +34,8 @@ TRAINED_DIGESTS: dict[str, str] = {}
 
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """All model versions, trained once per test session (about half a second).
+    """All model versions, trained once per test session (about 5 s, most of it proving the
+    compiled forms).
 
     Their digests are what the servers started here expect, through the same path as in
     production: ServerSettings.artifact_digests -> SERVING_ARTIFACT_DIGESTS in MLServer's
