@@ -36,7 +36,7 @@ def fmt(value: float | None, pattern: str) -> str:
 
 def charts(metrics: now_data.LiveMetrics) -> None:
     cols = st.columns(3)
-    latest = metrics.points[-1][0] if metrics.points else 0.0
+    latest = metrics.latest_at()
     for col, (field, title, scale) in zip(cols, [
             ("requests_per_second", "requests/s", 1.0), ("p99_ms", "p99 latency, ms", 1.0),
             ("error_rate", "errors, % of requests", 100.0)], strict=True):
@@ -62,13 +62,14 @@ def now_panel() -> None:
     except ServingError as e:
         unreachable(e)
         return
-    metrics = live_metrics(config)
+    metrics: now_data.LiveMetrics | None = None
+    recent: dict[str, now_data.Figures] = {}
     try:
+        metrics = live_metrics(config)
         metrics.refresh()
         recent = metrics.recent()
     except ServingError as e:  # what runs is known; only the figures are missing
         st.warning(f"No figures: {e.message}")
-        recent = {}
     rows = []
     for p in view.predictors:
         f = recent.get(p.name) or now_data.Figures(0.0, None, None, None)
@@ -85,7 +86,8 @@ def now_panel() -> None:
     for p in view.predictors:
         for problem in p.problems:
             st.warning(problem)
-    charts(metrics)
+    if metrics is not None:
+        charts(metrics)
     shadow = view.shadow
     if shadow is None:
         st.caption("No shadow runs now.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import re
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -226,6 +227,7 @@ class LiveMetrics:
         self._scrapes: deque[tuple[float, Window]] = deque()
         self._metrics_url: str | None = None
         self._prometheus: PrometheusSource | None = None
+        self._lock = threading.Lock()
         if config.prometheus:
             spec = load_spec(config.values_path)
             self._prometheus = PrometheusSource(
@@ -233,7 +235,10 @@ class LiveMetrics:
                 spec.deployment.namespace if config.kubernetes else None)
 
     def refresh(self, now: float | None = None) -> None:
-        now = time.time() if now is None else now
+        with self._lock:  # one instance serves every open page (Streamlit's cache_resource)
+            self._refresh(time.time() if now is None else now)
+
+    def _refresh(self, now: float) -> None:
         if self._prometheus is not None:
             step = max(self.config.refresh_seconds, 15.0)  # Prometheus' scrape interval
             window = self._prometheus.window(now - step)
@@ -271,7 +276,10 @@ class LiveMetrics:
 
     def recent(self, now: float | None = None) -> dict[str, Figures]:
         """Each predictor over the last minute (or what has been seen of it so far)."""
-        now = time.time() if now is None else now
+        with self._lock:
+            return self._recent(time.time() if now is None else now)
+
+    def _recent(self, now: float) -> dict[str, Figures]:
         if self._prometheus is not None:
             window = self._prometheus.window(now - RECENT_SECONDS)
             return {n: figures(e, window.seconds) for n, e in window.predictors.items()}
@@ -285,10 +293,16 @@ class LiveMetrics:
         delta = subtract(last, first, last_at - then)
         return {n: figures(e, delta.seconds) for n, e in delta.predictors.items()}
 
+    def latest_at(self) -> float:
+        with self._lock:
+            return self.points[-1][0] if self.points else 0.0
+
     def series(self, metric: str) -> dict[str, list[tuple[float, float | None]]]:
         """Chart data: per predictor, (time, value) of one Figures field."""
         out: dict[str, list[tuple[float, float | None]]] = {}
-        for at, point in self.points:
+        with self._lock:
+            points = list(self.points)
+        for at, point in points:
             for name, f in point.items():
                 out.setdefault(name, []).append((at, getattr(f, metric)))
         return out
