@@ -147,6 +147,9 @@ def _to_float(table: pa.Table, columns: list[str]) -> tuple[np.ndarray, np.ndarr
     reasons = np.full(n, None, dtype=object)
     for j, name in enumerate(columns):
         col = table.column(name)
+        if pa.types.is_float64(col.type) and col.null_count == 0:  # Parquet's usual case
+            x[:, j] = col.to_numpy()
+            continue
         try:
             values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some cell is not a number
@@ -157,15 +160,16 @@ def _to_float(table: pa.Table, columns: list[str]) -> tuple[np.ndarray, np.ndarr
                 if reasons[i] is None and _parse(raw[i], strict=True) is None:
                     reasons[i] = f"column {name!r}: not a number: {str(raw[i])[:40]!r}"
         x[:, j] = values
-        missing = ~col.is_valid().to_numpy(zero_copy_only=False)
-        for i in np.flatnonzero(missing):
-            if reasons[i] is None:
-                reasons[i] = f"column {name!r}: empty"
-        bad = ~np.isfinite(values)
-        for i in np.flatnonzero(bad & ~missing):
-            if reasons[i] is None:
-                reasons[i] = f"column {name!r}: not a finite number: {values[i]!r}"
-    ok = np.array([r is None for r in reasons], dtype=bool) if n else np.zeros(0, dtype=bool)
+        if col.null_count:
+            for i in np.flatnonzero(~col.is_valid().to_numpy(zero_copy_only=False)):
+                if reasons[i] is None:
+                    reasons[i] = f"column {name!r}: empty"
+    finite = np.isfinite(x).all(axis=1)  # one pass over the matrix; reasons only for the rest
+    for i in np.flatnonzero(~finite):
+        if reasons[i] is None:
+            j = int(np.flatnonzero(~np.isfinite(x[i]))[0])
+            reasons[i] = f"column {columns[j]!r}: not a finite number: {x[i, j]!r}"
+    ok = finite & np.array([r is None for r in reasons], dtype=bool) if n else np.zeros(0, bool)
     return x, ok, [str(r) for r in reasons[~ok]]
 
 
