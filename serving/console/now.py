@@ -101,7 +101,7 @@ def read_now(config: ConsoleConfig) -> Now:
         url = config.comparator or read_state(config.state_dir).get("comparatorUrl")
         if url:  # the comparator keeps the input rows too
             try:
-                examples = comparator_disagreements(url, str(status["deployment"]))
+                examples = comparator_disagreements(url, str(status["deployment"]), shadow.name)
             except ServingError as e:
                 note = f"{e.message}; showing the router's examples"
         shadow_now = ShadowNow(shadow.name, shadow.version, agreement["agreementRate"],
@@ -109,15 +109,18 @@ def read_now(config: ConsoleConfig) -> Now:
     return Now(f"{status['namespace']}/{status['deployment']}", predictors, shadow_now)
 
 
-def comparator_disagreements(url: str, deployment: str, limit: int = 5) -> list[Disagreement]:
-    """The latest disagreements from the comparator's GET /disagreements, newest first."""
+def comparator_disagreements(url: str, deployment: str, shadow: str, limit: int = 5
+                             ) -> list[Disagreement]:
+    """The latest disagreements of this shadow from the comparator's GET /disagreements,
+    newest first."""
     try:
         resp = httpx.get(url.rstrip("/") + "/disagreements", params={"limit": 50}, timeout=3)
         resp.raise_for_status()
         items = resp.json()["disagreements"]
     except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
         raise ServingError(f"the comparator at {url} did not answer ({e})") from e
-    mine = [d for d in items if d.get("deployment") in (None, deployment)]
+    mine = [d for d in items if d.get("deployment") in (None, deployment)
+            and d.get("shadow") in (None, shadow)]
     return [disagreement(d) for d in mine[:limit]]
 
 
@@ -143,7 +146,8 @@ def _cluster_now(config: ConsoleConfig) -> Now:
         rate, rows_compared = None, 0
         if config.comparator:
             try:
-                examples = comparator_disagreements(config.comparator, spec.deployment.name)
+                examples = comparator_disagreements(config.comparator, spec.deployment.name,
+                                                    shadow.name)
                 note = ""
             except ServingError as e:
                 note = e.message

@@ -191,6 +191,8 @@ def controller_running(config: ConsoleConfig) -> int | None:
         pid = int(record["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    if any(c.pid == pid for c in _children):  # ours, still running (maybe not exec'd yet)
+        return pid
     return pid if pid_alive(pid) and _cmdline(pid) == record.get("cmdline") else None
 
 
@@ -215,7 +217,8 @@ def start_controller(config: ConsoleConfig) -> str:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
     _children.append(process)
-    record = {"pid": process.pid, "cmdline": _cmdline(process.pid), "log": str(log)}
+    # what /proc/<pid>/cmdline holds for it: a reused pid will not match
+    record = {"pid": process.pid, "cmdline": "\0".join(command) + "\0", "log": str(log)}
     controller_file(config).write_text(json.dumps(record))
     return (f"the controller ('serving rollout run', pid {process.pid}) drives it in the "
             f"background; its log: {log}")

@@ -80,7 +80,9 @@ def test_start_and_abort_on_the_cluster_need_the_console_token(
     lines = rollout_panel.act(cluster, "start", "the-console-token", "v3")
     pid = rollout_panel.controller_running(cluster)
     try:
-        assert pid is not None and f"pid {pid}" in lines[-1]
+        log = cluster.state_dir / "console-controller.log"
+        assert pid is not None and f"pid {pid}" in lines[-1], (
+            lines, (cluster.state_dir / "console-controller.json").read_text(), log.read_text())
         status = parse_status(annotation(apiserver)[ANNOTATION], Path("annotation"))
         assert (status.candidate, status.phase) == ("v3", Phase.PROGRESSING)
         for attempt in range(3):  # the controller may save between our read and write
