@@ -96,7 +96,7 @@ def read_now(config: ConsoleConfig) -> Now:
     shadow_now = None
     if shadow is not None:
         agreement = status["shadow"]["agreement"]
-        examples = [disagreement(d) for d in reversed(agreement["recentDisagreements"])]
+        examples = [disagreement(d) for d in reversed(agreement.get("recentDisagreements", []))]
         note = ""
         url = config.comparator or read_state(config.state_dir).get("comparatorUrl")
         if url:  # the comparator keeps the input rows too
