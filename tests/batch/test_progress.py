@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import os
+import struct
+import termios
 
 from serving.batch.progress import Progress
 
@@ -20,6 +23,7 @@ def test_plain_lines_say_rows_rate_and_eta_when_not_a_terminal() -> None:
 
 def test_a_terminal_gets_a_tqdm_bar() -> None:
     main, child = os.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # 100 columns
     with os.fdopen(child, "w") as terminal:
         progress = Progress(total=1000, stream=terminal)
         progress.advance(250)
