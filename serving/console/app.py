@@ -17,6 +17,7 @@ from serving.errors import ServingError
 from serving.rollout.state import Phase
 
 config = from_env()
+FEATURES = try_model.feature_names()
 st.set_page_config(page_title="Model rollout console", layout="wide")
 
 
@@ -104,8 +105,12 @@ def now_panel() -> None:
             "compared with": d.predictor, "their answer": d.primary_answer,
             "shadow's answer": d.shadow_answer,
             "input row": "(not recorded)" if d.input_row is None
-            else ", ".join(f"{v:g}" for v in d.input_row)} for d in shadow.disagreements]),
-            hide_index=True)
+            else ", ".join(f"{v:g}" for v in d.input_row[:5]) + f", ... ({len(d.input_row)})"}
+            for d in shadow.disagreements]), hide_index=True)
+        inputs = [d.input_row for d in shadow.disagreements if d.input_row is not None]
+        if inputs and all(len(r) == len(FEATURES) for r in inputs):
+            with st.expander("Their input rows in full"):
+                st.dataframe(pd.DataFrame(inputs, columns=FEATURES), key="disagreement-rows")
 
 
 ACTION_QUESTIONS = {

@@ -92,6 +92,10 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             page.goto(console_url)
             now = page.locator("table").first
 
+            def shot(name: str) -> None:  # from the top: Now and Rollout
+                page.get_by_text("Model rollout console").scroll_into_view_if_needed()
+                page.screenshot(path=SHOTS / name, full_page=True)
+
             def row(predictor: str) -> object:
                 return now.locator("tr", has=page.locator("td", has_text=predictor))
 
@@ -100,7 +104,7 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             expect(row("shadow")).to_contain_text("mirrors 100%")
             expect(page.get_by_text("No rollout yet.")).to_be_visible()
             expect(page.get_by_text("agrees with stable")).to_be_visible()
-            page.screenshot(path=SHOTS / "1-now.png", full_page=True)
+            shot("1-now.png")
 
             # 2. start a rollout of v2 from the page (confirmation + admin token)
             page.get_by_role("button", name="Start", exact=True).click()
@@ -113,14 +117,14 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
             # rollout says 20% from then on; the router shows the canary once it is ready
             expect(page.get_by_text("stable (v1) 80%, canary (v2) 20%")).to_be_visible()
             expect(row("canary")).to_be_visible()
-            page.screenshot(path=SHOTS / "2-rollout-at-20.png", full_page=True)
+            shot("2-rollout-at-20.png")
 
             # 3. it advances by itself (the controller runs 'serving rollout run'): past the
             # 5 s pause to 50%, then holds at the pause-until-resume step
             expect(page.get_by_text("Rollout of v2 is paused")).to_be_visible()
             expect(row("canary")).to_contain_text("50%")
             expect(page.get_by_text("step 4 of 4")).to_be_visible()
-            page.screenshot(path=SHOTS / "3-rollout-at-50-paused.png", full_page=True)
+            shot("3-rollout-at-50-paused.png")
             assert {p["name"]: p["traffic"] for p in at_baseline.status()["predictors"]} == {
                 "stable": 50, "canary": 50, "shadow": 100}
 
@@ -135,7 +139,7 @@ def test_watch_start_and_abort_a_rollout_in_chromium(at_baseline: Stack, console
                    ).to_be_visible()
             expect(row("stable")).to_contain_text("100%")
             expect(row("canary")).to_have_count(0)
-            page.screenshot(path=SHOTS / "4-aborted.png", full_page=True)
+            shot("4-aborted.png")
 
             # 5. try the model: hold-out rows answered by each predictor, downloadable
             page.get_by_role("button", name="Ask every predictor").click()
