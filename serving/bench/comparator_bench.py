@@ -13,6 +13,8 @@ core. Figures:
   baseline           the same client against a no-op handler on the same aiohttp low-level server
                      (the HTTP floor), in the same run: comparator / baseline is the share of
                      a core's HTTP capacity left after parsing, pairing and comparing
+  batched            the same events as CloudEvents JSON batches (the local stack's sender:
+                     --batch mirrored requests per batch, per role): events per CPU second
   without HTTP       the same events parsed, paired and compared in this process (no server)
   memory             the comparator's RSS before and with 10,000 pending pairs (primaries that
                      no shadow asked for yet, the common case when mirroring < 100%)
@@ -31,17 +33,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
 import numpy as np
 import orjson
+from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.bindings.http import HTTPMessage
+from cloudevents.core.v1.event import CloudEvent
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..comparator.events import JSON, read_event, write_event
+from ..comparator.events import (
+    BATCH,
+    FORMAT,
+    JSON,
+    read_batch,
+    read_event,
+    write_batch,
+    write_event,
+)
 from ..comparator.matching import Comparator, Settings
 from ..comparator.process import ComparatorProcess
+from ..comparator.sender import BATCH_REQUESTS
 from ..dataset import sample_rows
 from ..server import free_port
 
@@ -128,13 +142,29 @@ async def post_all(url: str, events: list[tuple[str, HTTPMessage]], connections:
     return time.perf_counter() - start
 
 
+def batches_for(events: list[tuple[str, HTTPMessage]], per_batch: int
+                ) -> list[tuple[str, HTTPMessage]]:
+    """The same events as CloudEvents JSON batches, as the local stack's sender posts them:
+    `per_batch` mirrored requests' events per batch, one batch per role (SDK JSON format)."""
+    out = []
+    for start in range(0, len(events), per_batch * 4):
+        by_role: dict[str, list[Any]] = {}
+        for role, m in events[start:start + per_batch * 4]:
+            by_role.setdefault(role, []).append(ce_http.from_binary(m, FORMAT, CloudEvent))
+        out += [(role, HTTPMessage({"Content-Type": BATCH}, write_batch(batch)))
+                for role, batch in by_role.items()]
+    return out
+
+
 def throughput(pid: int, url: str, events: list[tuple[str, HTTPMessage]],
-               connections: int) -> tuple[float, float]:
-    """(events per CPU second of the server, events per wall second)."""
+               connections: int, count: int | None = None) -> tuple[float, float]:
+    """(events per CPU second of the server, events per wall second); `count` events in all
+    when the messages are batches."""
     cpu0 = cpu_seconds(pid)
     seconds = asyncio.run(post_all(url, events, connections))
     cpu = cpu_seconds(pid) - cpu0
-    return len(events) / max(cpu, 1e-9), len(events) / seconds
+    count = len(events) if count is None else count
+    return count / max(cpu, 1e-9), count / seconds
 
 
 def histogram_quantile(url: str, q: float) -> float:
@@ -202,6 +232,19 @@ def in_process(events: list[tuple[str, HTTPMessage]]) -> float:
     return len(events) / (time.process_time() - start)
 
 
+def in_process_batched(batches: list[tuple[str, HTTPMessage]]) -> float:
+    """The same for batches: the SDK's JSON format per event + pairing + comparison."""
+    comparator = Comparator(Settings(ttl_seconds=600, max_pending=100_000))
+    start = time.process_time()
+    n = 0
+    for role, m in batches:
+        for event in read_batch(m.body):
+            assert not isinstance(event, Exception), event
+            comparator.take(event, role)
+            n += 1
+    return n / (time.process_time() - start)
+
+
 def pin(pid: int, cpu: int) -> None:
     if os.cpu_count() and os.cpu_count() >= 2:  # type: ignore[operator]
         os.sched_setaffinity(pid, {cpu})
@@ -214,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--lag-seconds", type=float, default=6.0)
+    parser.add_argument("--batch", type=int, default=BATCH_REQUESTS,
+                        help="mirrored requests per batch in the batched runs (the sender's)")
     args = parser.parse_args(argv)
     rows = sample_rows(569)
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
@@ -240,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
         warm = events_for(500, rows, deployment="warm")
         throughput(comparator.pid, comparator.url, warm, args.connections)
         throughput(noop.pid, noop_url, warm, args.connections)
-        per_cpu, per_wall, base_cpu, base_wall = [], [], [], []
-        for i in range(args.repeat):  # interleaved: comparator, baseline, comparator, ...
+        throughput(comparator.pid, comparator.url, batches_for(warm, args.batch), 2, len(warm))
+        per_cpu, per_wall, base_cpu, base_wall, batch_cpu, batch_wall = [], [], [], [], [], []
+        for i in range(args.repeat):  # interleaved: comparator, baseline, batched, ...
             run = events_for(args.requests, rows, deployment=f"run{i}")
             c, w = throughput(comparator.pid, comparator.url, run, args.connections)
             per_cpu.append(c)
@@ -249,10 +295,20 @@ def main(argv: list[str] | None = None) -> int:
             c, w = throughput(noop.pid, noop_url, run, args.connections)
             base_cpu.append(c)
             base_wall.append(w)
+            batched = batches_for(events_for(args.requests, rows, deployment=f"batch{i}"),
+                                  args.batch)
+            # 2 connections: the sender's two posting tasks
+            c, w = throughput(comparator.pid, comparator.url, batched, 2, args.requests * 4)
+            batch_cpu.append(c)
+            batch_wall.append(w)
         del events
         comp, base = statistics.median(per_cpu), statistics.median(base_cpu)
         alone = statistics.median(in_process(events_for(args.requests, rows, f"in{i}"))
                                   for i in range(args.repeat))
+        alone_batched = statistics.median(
+            in_process_batched(batches_for(events_for(args.requests, rows, f"inb{i}"),
+                                           args.batch)) for i in range(args.repeat))
+        batch = statistics.median(batch_cpu)
         print(f"\nthroughput, {args.requests * 4} events per run, median of {args.repeat}:")
         print(f"  comparator  {comp:8.0f} events per CPU second  "
               f"({statistics.median(per_wall):.0f} events/s wall, limited by this client)")
@@ -261,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio       comparator / baseline = {comp / base:.2f}")
         print(f"  without HTTP {alone:7.0f} events per CPU second (SDK parse + pairing + "
               "comparison in this process): the HTTP server is the larger part of the cost")
+        print(f"  batched     {batch:8.0f} events per CPU second  "
+              f"({statistics.median(batch_wall):.0f} events/s wall; {args.batch} mirrored "
+              f"requests = {args.batch * 2} events per JSON batch, 2 connections)")
+        print(f"  ratio       batched / binary = {batch / comp:.2f}")
+        print(f"  without HTTP, batched {alone_batched:7.0f} events per CPU second (JSON "
+              "format per event + pairing + comparison in this process)")
         print(f"  target      >= {TARGET_EVENTS_PER_CORE} events/s per core: "
               f"{'met' if comp >= TARGET_EVENTS_PER_CORE else 'NOT met'}")
 

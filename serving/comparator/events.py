@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+import orjson
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings import http as ce_http
 from cloudevents.core.exceptions import BaseCloudEventException
@@ -42,6 +43,8 @@ RESPONSE_TYPE = "io.seldon.serving.inference.response"
 KINDS = {REQUEST_TYPE: "request", RESPONSE_TYPE: "response"}
 JSON = "application/json"
 PROTOBUF = "application/protobuf"
+#: the CloudEvents JSON batch format (structured content mode), the local stack's sender
+BATCH = "application/cloudevents-batch+json"
 #: the content types a body is decoded from (gRPC's names for protobuf included)
 PROTOBUF_TYPES = (PROTOBUF, "application/x-protobuf", "application/grpc")
 #: why an event was refused (a closed set: it is a metric label)
@@ -140,6 +143,51 @@ def read_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
         event = ce_http.from_binary(ce_http.HTTPMessage(dict(headers), body), FORMAT, CloudEvent)
     except (BaseCloudEventException, ValueError, TypeError) as e:
         raise EventError("not_cloudevent", f"not a CloudEvent 1.0: {e}") from None
+    return _inference_event(event, body)
+
+
+def read_batch(body: bytes) -> list[InferenceEvent | EventError]:
+    """Parse a CloudEvents JSON batch (structured mode, `application/cloudevents-batch+json`):
+    a JSON array of events in the JSON format, each read with the SDK's JSON format and checked
+    as a binary-mode event is. One entry per event, in order: the event or why it is refused,
+    so that one bad event costs only itself. EventError if the body is no batch at all."""
+    try:
+        items = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise EventError("not_cloudevent", f"the batch is not JSON: {e}") from None
+    if not isinstance(items, list):
+        raise EventError("not_cloudevent", f"a {BATCH} body is a JSON array of events, not "
+                         f"a {type(items).__name__}")
+    out: list[InferenceEvent | EventError] = []
+    for item in items:
+        try:
+            out.append(_structured(item))
+        except EventError as e:
+            out.append(e)
+    return out
+
+
+def _structured(item: Any) -> InferenceEvent:
+    if not isinstance(item, dict) or "specversion" not in item:
+        raise EventError("not_cloudevent", "a batch entry without specversion is not a "
+                         "CloudEvent (each entry is one event in the JSON format)")
+    for required in ("id", "type", "source"):  # the SDK would make up a missing id
+        if required not in item:
+            raise EventError("missing_attribute", f"a batch entry has no {required!r} "
+                             "(CloudEvents 1.0 requires it)")
+    try:
+        event = FORMAT.read(CloudEvent, orjson.dumps(item))
+    except (BaseCloudEventException, ValueError, TypeError) as e:
+        raise EventError("not_cloudevent", f"not a CloudEvent 1.0: {e}") from None
+    data = event.get_data()
+    # data_base64 gives bytes; an inline JSON `data` (other writers) is the payload re-encoded
+    body = (bytes(data) if isinstance(data, (bytes, bytearray)) else b"" if data is None
+            else data.encode() if isinstance(data, str) else orjson.dumps(data))
+    return _inference_event(event, body)
+
+
+def _inference_event(event: BaseCloudEvent, body: bytes) -> InferenceEvent:
+    """The checks every event goes through, whichever content mode carried it."""
     kind = KINDS.get(event.get_type())
     if kind is None:
         raise EventError("unknown_type", f"ce-type {event.get_type()!r} is neither "
@@ -157,15 +205,33 @@ def read_event(headers: Mapping[str, str], body: bytes) -> InferenceEvent:
         content_type=content_type, body=body, tensors=_decode(kind, content_type, body))
 
 
-def write_event(kind: str, body: bytes, content_type: str, *, request_id: str,
-                deployment: str, namespace: str, endpoint: str, model: str, source: str,
-                protocol: str = "v2", event_id: str | None = None,
-                sent: datetime | None = None) -> ce_http.HTTPMessage:
-    """The headers and body the executor would POST for one logged payload."""
+def make_event(kind: str, body: bytes, content_type: str, *, request_id: str,
+               deployment: str, namespace: str, endpoint: str, model: str, source: str,
+               protocol: str = "v2", event_id: str | None = None,
+               sent: datetime | None = None) -> CloudEvent:
+    """One logged payload as the executor's event (attributes and extensions)."""
     attributes: dict[str, Any] = {
         "specversion": "1.0", "id": event_id or str(uuid.uuid4()),
         "type": REQUEST_TYPE if kind == "request" else RESPONSE_TYPE, "source": source,
         "time": sent or datetime.now(UTC), "datacontenttype": content_type,
         "requestid": request_id, "modelid": model, "inferenceservicename": deployment,
         "namespace": namespace, "endpoint": endpoint, "protocol": protocol}
-    return ce_http.to_binary(CloudEvent(attributes, body), FORMAT)
+    return CloudEvent(attributes, body)
+
+
+def write_event(kind: str, body: bytes, content_type: str, *, request_id: str,
+                deployment: str, namespace: str, endpoint: str, model: str, source: str,
+                protocol: str = "v2", event_id: str | None = None,
+                sent: datetime | None = None) -> ce_http.HTTPMessage:
+    """The headers and body the executor would POST for one logged payload."""
+    return ce_http.to_binary(make_event(kind, body, content_type, request_id=request_id,
+                                        deployment=deployment, namespace=namespace,
+                                        endpoint=endpoint, model=model, source=source,
+                                        protocol=protocol, event_id=event_id, sent=sent),
+                             FORMAT)
+
+
+def write_batch(events: list[BaseCloudEvent]) -> bytes:
+    """A CloudEvents JSON batch: the SDK's JSON format per event (the SDK has no batch writer;
+    binary payloads such as protobuf go in data_base64)."""
+    return b"[" + b",".join(FORMAT.write(e) for e in events) + b"]"

@@ -1,7 +1,9 @@
 """The local stack's executors, played by the shadow worker: for each mirrored request, the
 events Seldon's executors would log on a cluster (the primary's request and answer, the shadow's
 request and answer, one shared request id as when the caller sends Seldon-Puid), posted to the
-comparator off the request path.
+comparator off the request path: the same CloudEvents, in batches (the CloudEvents JSON batch
+format) rather than one POST each, which the comparator reads through the same checks and
+matching as the executors' binary-mode events.
 
 Bounded: a mirrored request whose events do not fit in the queue, or that the comparator does
 not take (down, restarting, refusing), is dropped and counted (shadow.DROP_REASONS, events_lost),
@@ -14,13 +16,16 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 
 import aiohttp
-from cloudevents.core.bindings.http import HTTPMessage
+import orjson
+from cloudevents.core.base import BaseCloudEvent
+from cloudevents.core.bindings import http as ce_http
+from cloudevents.core.v1.event import CloudEvent
 
-from .events import JSON, PROTOBUF, write_event
+from .events import BATCH, FORMAT, JSON, PROTOBUF, make_event, write_batch
 
 logger = logging.getLogger("serving.router")
 CONTENT_TYPES = {"rest": JSON, "grpc": PROTOBUF}
@@ -29,32 +34,60 @@ Lost = Callable[[str, int], None]  # (shadow, mirrored requests) whose events we
 #: (or this idle-class worker) cannot keep up, agreement is judged on a sample of fresh requests
 #: rather than on a backlog minutes old (a rollout's mirror step would judge the last shadow).
 MAX_QUEUED = 256
+#: mirrored requests (4 events each) per batch, and how long a batch may wait to fill up
+BATCH_REQUESTS = 64
+BATCH_WAIT_S = 0.02
+
+
+class Logged:
+    """One logged event; `headers` and `body` are what an executor would POST for it in binary
+    mode (made only when asked: the sender writes the event in a JSON batch instead)."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: CloudEvent) -> None:
+        self.event = event
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return ce_http.to_binary(self.event, FORMAT).headers
+
+    @property
+    def body(self) -> bytes:
+        return ce_http.to_binary(self.event, FORMAT).body
 
 
 class EventSender:
+    """Batches: up to `batch` mirrored requests' events (or what came within `wait_s`) go as one
+    CloudEvents JSON batch per role, over the session's keep-alive connections. One POST per
+    event cost the comparator more than parsing and matching it (docs/comparator.md)."""
+
     def __init__(self, url: str, session: aiohttp.ClientSession, lost: Lost,
                  deployment: str, namespace: str, model: str, *,
-                 max_queued: int = MAX_QUEUED, senders: int = 16) -> None:
+                 max_queued: int = MAX_QUEUED, batch: int = BATCH_REQUESTS,
+                 wait_s: float = BATCH_WAIT_S, senders: int = 2) -> None:
         self.url = url.rstrip("/")
         self.session = session
         self.lost = lost
         self.deployment, self.namespace, self.model = deployment, namespace, model
         self.max_queued = max_queued
-        self.queue: deque[tuple[str, list[tuple[str, HTTPMessage]]]] = deque()
+        self.batch, self.wait_s = batch, wait_s
+        self.queue: deque[tuple[str, list[tuple[str, Logged]]]] = deque()
         self._wake = asyncio.Event()
         self._senders = [asyncio.ensure_future(self._send_forever()) for _ in range(senders)]
         self._busy = 0
 
     def events(self, role: str, predictor: str, request_id: str, kind: str, request: bytes,
                answer: bytes | None, answer_kind: str | None = None
-               ) -> list[tuple[str, HTTPMessage]]:
+               ) -> list[tuple[str, Logged]]:
         """What one predictor's executor logs for one call: its request, and its answer
         unless the call failed (executor/predictor/predictor_process.go)."""
-        def event(what: str, body: bytes, content_type: str) -> tuple[str, HTTPMessage]:
-            return role, write_event(what, body, content_type, request_id=request_id,
-                                     deployment=self.deployment, namespace=self.namespace,
-                                     endpoint=predictor, model=self.model,
-                                     source=f"http://127.0.0.1/{predictor}")
+        def event(what: str, body: bytes, content_type: str) -> tuple[str, Logged]:
+            return role, Logged(make_event(what, body, content_type, request_id=request_id,
+                                           deployment=self.deployment,
+                                           namespace=self.namespace, endpoint=predictor,
+                                           model=self.model,
+                                           source=f"http://127.0.0.1/{predictor}"))
 
         out = [event("request", request, CONTENT_TYPES[kind])]
         if answer is not None:
@@ -70,7 +103,7 @@ class EventSender:
     def request_id() -> str:
         return os.urandom(16).hex()
 
-    def submit(self, shadow: str, events: list[tuple[str, HTTPMessage]]) -> None:
+    def submit(self, shadow: str, events: list[tuple[str, Logged]]) -> None:
         """Queue one mirrored request's events; dropped (and counted) when the queue is full."""
         if len(self.queue) >= self.max_queued:
             self.lost(shadow, 1)
@@ -79,26 +112,43 @@ class EventSender:
         self._wake.set()
 
     async def _send_forever(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self.queue:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            shadow, events = self.queue.popleft()
-            self._busy += 1
+            # a short wait for a fuller batch, unless one is already there
+            deadline = loop.time() + self.wait_s
+            while len(self.queue) < self.batch and loop.time() < deadline:
+                await asyncio.sleep(min(0.005, self.wait_s))
+            taken = [self.queue.popleft() for _ in range(min(self.batch, len(self.queue)))]
+            if not taken:
+                continue
+            self._busy += len(taken)
             try:
-                for role, message in events:
-                    async with self.session.post(f"{self.url}/events/{role}",
-                                                 headers=message.headers,
-                                                 data=message.body) as resp:
-                        await resp.read()
-                        if resp.status >= 400:
-                            raise ValueError(f"{resp.status} {await resp.text()}")
+                await self._post(taken)
             except Exception as e:  # the comparator down, restarting or refusing: counted
                 logger.debug("events not taken by the comparator: %s", e)
-                self.lost(shadow, 1)
+                for shadow, n in Counter(shadow for shadow, _ in taken).items():
+                    self.lost(shadow, n)
             finally:
-                self._busy -= 1
+                self._busy -= len(taken)
+
+    async def _post(self, taken: list[tuple[str, list[tuple[str, Logged]]]]) -> None:
+        by_role: dict[str, list[BaseCloudEvent]] = {}
+        for _, logged in taken:
+            for role, message in logged:
+                by_role.setdefault(role, []).append(message.event)
+        for role, batch in by_role.items():
+            async with self.session.post(f"{self.url}/events/{role}",
+                                         headers={"Content-Type": BATCH},
+                                         data=write_batch(batch)) as resp:
+                answer = await resp.read()
+                if resp.status >= 400:
+                    raise ValueError(f"{resp.status} {answer[:500]!r}")
+                if orjson.loads(answer).get("refused"):  # our own events: refusing one is a bug
+                    logger.warning("the comparator refused events: %s", answer[:500])
 
     async def drain(self, timeout: float = 2.0) -> None:
         loop = asyncio.get_running_loop()

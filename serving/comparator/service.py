@@ -8,7 +8,9 @@
 
 The role is in the path because the executor does not know whether its predictor is the shadow;
 the chart (and a rollout's mirror step, which renders the chart) gives each predictor's graph
-the right URL. A refused event gets a 4xx naming what is wrong and is counted by reason; nothing
+the right URL. Either one event per request in binary mode (Seldon's executors) or a CloudEvents
+JSON batch (`content-type: application/cloudevents-batch+json`; the local stack's sender), each
+event of which goes through the same checks, counters and matching. A refused event gets a 4xx naming what is wrong and is counted by reason; nothing
 an event holds can stop the service.
 """
 
@@ -27,7 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ..errors import ServingError
-from .events import ROLES, EventError, read_event
+from .events import BATCH, ROLES, EventError, InferenceEvent, read_batch, read_event
 from .matching import Comparator, Settings, Verdict
 
 logger = logging.getLogger("serving.comparator")
@@ -48,18 +50,56 @@ async def take_event(comparator: Comparator, role: str, request: web.BaseRequest
         return _refuse(comparator, "unknown_role", f"POST events to /events/primary or "
                        f"/events/shadow, not /events/{role}")
     body = await request.read()
+    if request.content_type == BATCH:
+        return take_batch(comparator, role, body)
     try:
-        event = read_event(request.headers, body)
+        event = _served(comparator, read_event(request.headers, body))
     except EventError as e:
         return _refuse(comparator, e.reason, e.message)
-    served = comparator.settings.deployments
-    if served and event.deployment not in served:
-        return _refuse(comparator, "unknown_deployment",
-                       f"ce-inferenceservicename {event.deployment!r} is not served here "
-                       f"(served: {', '.join(sorted(served))}); start the comparator with "
-                       "--deployment for it")
     taken = comparator.take(event, role)
     return web.Response(status=200 if taken else 208)  # 208: already reported
+
+
+def _served(comparator: Comparator, event: InferenceEvent) -> InferenceEvent:
+    served = comparator.settings.deployments
+    if served and event.deployment not in served:
+        raise EventError("unknown_deployment",
+                         f"ce-inferenceservicename {event.deployment!r} is not served here "
+                         f"(served: {', '.join(sorted(served))}); start the comparator with "
+                         "--deployment for it")
+    return event
+
+
+def take_batch(comparator: Comparator, role: str, body: bytes) -> web.Response:
+    """A JSON batch: each event checked, counted and matched as a binary-mode one would be.
+    Answer: 200 with a summary (taken, duplicates, refused by index with reason and message)
+    when any event was taken or recognised as a duplicate; when every event was refused, the
+    4xx a single event would get for the first refusal, with the same summary."""
+    try:
+        entries = read_batch(body)
+    except EventError as e:
+        return _refuse(comparator, e.reason, e.message)
+    taken = duplicates = 0
+    refused: list[dict[str, Any]] = []
+    for index, entry in enumerate(entries):
+        try:
+            if isinstance(entry, EventError):
+                raise entry
+            event = _served(comparator, entry)
+        except EventError as e:
+            comparator.metrics.refused.labels(e.reason).inc()
+            refused.append({"index": index, "error": e.reason, "message": e.message})
+            continue
+        if comparator.take(event, role):
+            taken += 1
+        else:
+            duplicates += 1
+    summary = {"taken": taken, "duplicates": duplicates, "refused": refused}
+    if refused and not taken and not duplicates:
+        return web.json_response({"error": refused[0]["error"],
+                                  "message": refused[0]["message"], **summary},
+                                 status=STATUS.get(refused[0]["error"], 400))
+    return web.json_response(summary)
 
 
 def metrics(comparator: Comparator) -> web.Response:
