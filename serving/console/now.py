@@ -17,8 +17,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from .. import dataset
 from ..errors import ServingError
 from ..rollout.metrics_source import (
@@ -111,14 +109,15 @@ def read_now(config: ConsoleConfig) -> Now:
 
 def comparator_disagreements(url: str, deployment: str, shadow: str, limit: int = 5
                              ) -> list[Disagreement]:
-    """The latest disagreements of this shadow from the comparator's GET /disagreements,
+    """The latest disagreements of this shadow from the comparator (serving.comparator.client),
     newest first."""
+    from ..comparator.client import disagreements as read_disagreements
+
     try:
-        resp = httpx.get(url.rstrip("/") + "/disagreements", params={"limit": 50}, timeout=3)
-        resp.raise_for_status()
-        items = resp.json()["disagreements"]
-    except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
-        raise ServingError(f"the comparator at {url} did not answer ({e})") from e
+        items = read_disagreements(url, limit=50, timeout=3)["disagreements"]
+    except (KeyError, TypeError) as e:
+        raise ServingError(f"the comparator at {url} answered without disagreements ({e})"
+                           ) from e
     mine = [d for d in items if d.get("deployment") in (None, deployment)
             and d.get("shadow") in (None, shadow)]
     return [disagreement(d) for d in mine[:limit]]
