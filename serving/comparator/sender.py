@@ -30,10 +30,11 @@ from .events import BATCH, FORMAT, JSON, PROTOBUF, make_event, write_batch
 logger = logging.getLogger("serving.router")
 CONTENT_TYPES = {"rest": JSON, "grpc": PROTOBUF}
 Lost = Callable[[str, int], None]  # (shadow, mirrored requests) whose events were lost
-#: mirrored requests whose events may wait to be posted. Small on purpose: when the comparator
-#: (or this idle-class worker) cannot keep up, agreement is judged on a sample of fresh requests
-#: rather than on a backlog minutes old (a rollout's mirror step would judge the last shadow).
-MAX_QUEUED = 256
+#: mirrored requests whose events may wait to be posted (4 events, a few KiB each). Bounded so
+#: that when the comparator (or this idle-class worker) cannot keep up, agreement is judged on
+#: a sample of fresh requests rather than on a backlog minutes old (a rollout's mirror step
+#: would judge the last shadow); batched, 1,024 is 1-3 s of the demo's mirrored traffic.
+MAX_QUEUED = 1024
 #: mirrored requests (4 events each) per batch, and how long a batch may wait to fill up
 BATCH_REQUESTS = 64
 BATCH_WAIT_S = 0.02

@@ -90,8 +90,9 @@ def test_the_stack_judges_its_shadow_through_its_comparator(models_root: Path,
         compared = after["agreement"]["rowsCompared"]  # type: ignore[index]
         # Requests whose events the worker could not post are counted as lost; those the dying
         # comparator had taken but not yet judged or reported are lost with it, uncounted (the
-        # README says so): the sum is at most what was mirrored.
-        assert lost > 0 and compared > 300, after
+        # README says so): the sum is at most what was mirrored. (Batched, the queue empties
+        # fast against a dead comparator: all 600 may be lost before the restart.)
+        assert lost > 0 and compared >= 300, after
         assert lost + compared - 300 <= 600, after
         assert new != pid
         # the restarted comparator judges everything again
