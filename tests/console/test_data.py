@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 from serving import dataset
 from serving.console import now, rollout_panel, try_model
 from serving.errors import ServingError
 from serving.rollout.state import FileStateStore, Phase
-from serving.server import free_port
 
+from ..prometheus import PROMETHEUS
+from ..prometheus import prometheus as real_prometheus
 from ..router.conftest import Stack
 from .conftest import config_of
 
@@ -176,7 +174,6 @@ def test_pause_and_resume_from_the_page(at_baseline: Stack) -> None:
     assert running == [("stable", "v1", 100), ("shadow", "v4", 100)]
 
 
-PROMETHEUS = shutil.which("prometheus")
 
 
 @pytest.mark.skipif(PROMETHEUS is None, reason="the 'prometheus' server is not installed "
@@ -184,18 +181,8 @@ PROMETHEUS = shutil.which("prometheus")
 def test_live_metrics_through_prometheus(at_baseline: Stack, tmp_path: Path) -> None:
     """With --prometheus (as on a cluster) the figures come from PromQL over the same names."""
     target = at_baseline.state["restUrl"].removeprefix("http://")
-    config_file = tmp_path / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s"},
-        "scrape_configs": [{"job_name": "router", "static_configs": [{"targets": [target]}]}]}))
-    port = free_port()
-    assert PROMETHEUS is not None
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config_file}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
-    try:
-        metrics = now.LiveMetrics(config_of(at_baseline, prometheus=f"http://127.0.0.1:{port}"))
+    with real_prometheus(tmp_path, {"router": target}) as url:
+        metrics = now.LiveMetrics(config_of(at_baseline, prometheus=url))
         deadline = time.monotonic() + 60
         while True:  # until Prometheus has two scrapes of the router
             try:
@@ -204,11 +191,8 @@ def test_live_metrics_through_prometheus(at_baseline: Stack, tmp_path: Path) -> 
                     break
             except ServingError:
                 pass  # not up yet
-            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, "no rate of the stable predictor from Prometheus"
             time.sleep(0.5)
         assert stable.p99_ms is not None and stable.p99_ms > 0
         assert stable.error_rate == 0.0
         assert metrics.series("requests_per_second")["stable"]
-    finally:
-        process.terminate()
-        process.wait(10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from serving.server import free_port
 
 from ..comparator.cluster import PlayedCluster
 from ..comparator.executors import disagreeing_labels, stable_labels
-from ..comparator.prometheus import prometheus
+from ..prometheus import PROMETHEUS, prometheus
 from .conftest import VALUES, write_values
 from .fake_apiserver import SELDON, FakeApiServer
 
@@ -140,7 +139,6 @@ def test_status_write_racing_another_writer_gets_a_conflict(deployed: FakeApiSer
         store.save(status)
 
 
-PROMETHEUS = shutil.which("prometheus")
 
 
 @pytest.mark.slow

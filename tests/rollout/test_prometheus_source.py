@@ -3,15 +3,11 @@ same Seldon executor metric names give the same numbers as reading the router di
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-import yaml
 
 from serving.errors import ServingError
 from serving.rollout.analysis import analyse
@@ -19,10 +15,11 @@ from serving.rollout.metrics_source import PrometheusSource, RouterMetricsSource
 from serving.rollout.plan import AnalysisSettings
 from serving.server import free_port
 
+from ..prometheus import PROMETHEUS
+from ..prometheus import prometheus as real_prometheus
 from ..router.conftest import Stack
 from .conftest import Load
 
-PROMETHEUS = shutil.which("prometheus")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(PROMETHEUS is None, reason="the 'prometheus' server is not installed "
@@ -32,38 +29,8 @@ pytestmark = [
 
 @pytest.fixture
 def prometheus(fresh_stack: Stack, tmp_path: Path) -> Iterator[str]:
-    target = fresh_stack.state["restUrl"].removeprefix("http://")
-    config = tmp_path / "prometheus.yml"
-    config.write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [{"job_name": "router", "static_configs": [{"targets": [target]}]}],
-    }))
-    port = free_port()
-    assert PROMETHEUS is not None
-    process = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()
-            time.sleep(0.2)
-        # Prometheus hands new targets to its scrapers only every few seconds: wait for a scrape.
-        while not httpx.get(f"{url}/api/v1/query", params={"query": 'up{job="router"} == 1'},
-                            timeout=2).json()["data"]["result"]:
-            assert time.monotonic() < deadline, "Prometheus never scraped the router"
-            time.sleep(0.2)
+    with real_prometheus(tmp_path, {"router": fresh_stack.state["restUrl"].removeprefix("http://")}) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_promql_window_matches_the_router_counts(fresh_stack: Stack, prometheus: str) -> None:

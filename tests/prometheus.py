@@ -1,4 +1,5 @@
-"""A real Prometheus (Debian's package) scraping given targets every second."""
+"""A real Prometheus (Debian's package) scraping given targets every second: one helper for every
+test folder that judges figures through PromQL (comparator, rollouts, console, cluster rollouts)."""
 
 from __future__ import annotations
 
