@@ -11,7 +11,6 @@ import pytest
 from serving import dataset
 from serving.background_load import BackgroundLoad
 from serving.console.config import ConsoleConfig
-from serving.rollout.state import FileStateStore
 
 from ..router.conftest import Stack, start_stack, stop_stack
 
@@ -53,11 +52,7 @@ def config_of(stack: Stack, **changes: object) -> ConsoleConfig:
 @pytest.fixture
 def at_baseline(console_stack: Stack) -> Stack:
     """The stack at its baseline predictors, with no rollout on record."""
-    resp = console_stack.admin.put("/admin/predictors", json={"predictors": BASELINE})
-    assert resp.status_code == 200, resp.text
-    FileStateStore(console_stack.state_dir).clear()
-    console_stack.wait_all_live()
-    return console_stack
+    return console_stack.reset(BASELINE)
 
 
 #: a CSV header of the features' names and one hold-out row

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from serving.background_load import BackgroundLoad
-from serving.rollout.state import FileStateStore
 
 from ..router.conftest import Stack, start_stack, stop_stack
 
@@ -35,8 +34,4 @@ def rollout_stack(models_root: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture
 def fresh_stack(rollout_stack: Stack) -> Stack:
     """The stack back at its baseline predictors, with no rollout on record."""
-    resp = rollout_stack.admin.put("/admin/predictors", json={"predictors": BASELINE})
-    assert resp.status_code == 200, resp.text
-    FileStateStore(rollout_stack.state_dir).clear()
-    rollout_stack.wait_all_live()
-    return rollout_stack
+    return rollout_stack.reset(BASELINE)

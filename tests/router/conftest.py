@@ -66,6 +66,16 @@ class Stack:
                 return int(p["replicas"][index]["pid"])
         raise KeyError(predictor)
 
+    def reset(self, predictors: list[dict[str, Any]]) -> Stack:
+        """Back to these predictors, with no rollout on record, every replica live."""
+        from serving.rollout.state import FileStateStore
+
+        resp = self.admin.put("/admin/predictors", json={"predictors": predictors})
+        assert resp.status_code == 200, resp.text
+        FileStateStore(self.state_dir).clear()
+        self.wait_all_live()
+        return self
+
     def wait_all_live(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
