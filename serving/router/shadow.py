@@ -56,7 +56,8 @@ DROP_REASONS = (
     "unreadable",        # the hand-over frame or the gRPC message could not be read
     "handoff_failed",    # nginx could not hand the pair to the worker (worker down or slow)
     "handoff_limit",     # nginx held maxInFlight pairs waiting for the next hand-over
-    "events_lost",       # the comparator did not take the pair's events (down, slow, refusing)
+    "events_lost",       # sent to the shadow, but the comparator did not take the pair's
+                         # events (down, slow, refusing): also counted under "sent"
     "other",
 )
 
