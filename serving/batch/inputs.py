@@ -152,7 +152,8 @@ def _to_float(table: pa.Table, columns: list[str]) -> tuple[np.ndarray, np.ndarr
             continue
         try:
             values = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # some cell is not a number
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            # some cell is not a number: parse cell by cell, each bad one becomes a reject
             raw = col.to_pylist()
             values = np.array([_parse(v) for v in raw], dtype=np.float64)
             for i in np.flatnonzero(np.isnan(values) & (col.is_valid().to_numpy(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ def _backoff(attempt: int, base: float, cap: float, retry_after: float | None) -
     return min(cap, base * 2**attempt) * random.uniform(0.5, 1.0)
 
 
-class DeploymentScorer:
+class DeploymentScorer(ABC):
     """Common to REST and gRPC: cutting, concurrency, retries, refusals. One event loop for the
     whole run, so connections are kept between chunks."""
 
@@ -131,11 +132,12 @@ class DeploymentScorer:
         self.description = ""
         self._loop = asyncio.new_event_loop()
 
+    @abstractmethod
     async def _send(self, x: np.ndarray) -> Answer:
-        raise NotImplementedError
+        """One V2 request of these rows (RestScorer, GrpcScorer)."""
 
-    async def _aclose(self) -> None:
-        pass
+    async def _aclose(self) -> None:  # noqa: B027 (optional hook: nothing to close by default)
+        return None
 
     def close(self) -> None:
         self._loop.run_until_complete(self._aclose())
