@@ -89,14 +89,19 @@ def mlserver_v1(
     server.stop()
 
 
+def tampered_version(models_root: Path, into: Path, version: str, file: str) -> Path:
+    """A copy of `version` under `into` whose `file` was changed after training."""
+    target = into / MODEL / version
+    shutil.copytree(models_root / MODEL / version, target)
+    with (target / file).open("ab") as f:
+        f.write(b"\x00tampered")
+    return target
+
+
 @pytest.fixture
 def tampered_copy(models_root: Path, tmp_path: Path) -> Path:
     """A copy of v1 whose model.joblib was changed after training."""
-    target = tmp_path / MODEL / "v1"
-    shutil.copytree(models_root / MODEL / "v1", target)
-    with (target / "model.joblib").open("ab") as f:
-        f.write(b"\x00tampered")
-    return target
+    return tampered_version(models_root, tmp_path, "v1", "model.joblib")
 
 
 @pytest.fixture

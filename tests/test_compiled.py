@@ -17,7 +17,7 @@ from serving.client import GrpcClient, RestClient
 from serving.errors import ChecksumMismatch
 from serving.server import MLServerProcess
 
-from .conftest import MODEL, TRAINED_DIGESTS, start_mlserver, tuned
+from .conftest import MODEL, TRAINED_DIGESTS, start_mlserver, tampered_version, tuned
 from .test_runtime import refused_at_start
 
 
@@ -99,11 +99,7 @@ def test_load_verified_predictor_is_compiled_when_the_spec_binds_it_else_scikit_
 
 @pytest.fixture
 def tampered_onnx(models_root: Path, tmp_path: Path) -> Path:
-    target = tmp_path / MODEL / "v2"
-    shutil.copytree(models_root / MODEL / "v2", target)
-    with (target / "model.onnx").open("ab") as f:
-        f.write(b"\x00")
-    return target
+    return tampered_version(models_root, tmp_path, "v2", "model.onnx")
 
 
 def test_a_changed_onnx_file_is_refused_in_process_and_by_mlserver(
