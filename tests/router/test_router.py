@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import grpc
 import httpx
+import psutil
 import pytest
 
 from serving import dataset
@@ -216,6 +217,43 @@ def test_unreachable_replica_is_retried_on_another_replica_over_grpc(stack: Stac
     served = [client.infer("breast-cancer", dataset.sample_rows(1, seed=i)).predictor
               for i in range(40)]
     assert served == ["stable"] * 40
+
+
+def answered_by(pid: int) -> float:
+    """Inference requests a replica has answered, from its own MLServer metrics (found on one
+    of the ports the process listens on)."""
+    ports = [c.laddr.port for c in psutil.Process(pid).net_connections("tcp")
+             if c.status == psutil.CONN_LISTEN]
+    for port in ports:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            continue  # the REST or gRPC port
+        if "# TYPE model_infer_request_success" in text or "python_info" in text:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("model_infer_request_success_total"))
+    raise AssertionError(f"no metrics port among {ports} of pid {pid}")
+
+
+def stable_replicas_answering(stack: Stack, n: int, concurrency: int) -> list[float]:
+    stack.wait_all_live()
+    time.sleep(1.2)  # a replica refused earlier is kept out for 1 s
+    pids = [stack.replica_pid("stable", i) for i in (0, 1)]
+    before = [answered_by(pid) for pid in pids]
+    results = send_many(stack.infer_url, n, concurrency=concurrency, headers=stack.pin("stable"))
+    assert {s for s, _, _ in results} == {200}
+    return [answered_by(pid) - b for pid, b in zip(pids, before, strict=True)]
+
+
+def test_a_lone_caller_is_served_by_one_warm_replica(stack: Stack) -> None:
+    # fewest requests in flight, ties to the first replica: one caller never spreads
+    counts = stable_replicas_answering(stack, 60, concurrency=1)
+    assert sorted(counts) == [0, 60], counts
+
+
+def test_overlapping_callers_spread_over_the_replicas(stack: Stack) -> None:
+    counts = stable_replicas_answering(stack, 240, concurrency=8)
+    assert sum(counts) == 240 and min(counts) >= 240 * 0.2, counts
 
 
 def test_predictor_without_live_replica_answers_503_with_a_clear_body(stack: Stack) -> None:

@@ -26,7 +26,6 @@ local _M = {}
 local shared = ngx.shared.router
 local conf = {}            -- set once by init(): socket paths and limits from the config
 local cached, cached_gen = nil, -1
-local turn = 0             -- round-robin over replicas
 local log_lines, log_dropped = {}, 0
 local handoffs_dropped = {}  -- "shadow reason" -> mirrored pairs not handed over, sent by flush()
 -- Mirrored pairs waiting for the next hand-over (hand_over()): frames, and the shadow of each.
@@ -299,25 +298,51 @@ function _M.access(kind, sticky_key)
   end
 end
 
--- balancer phase: the first try goes to the next replica in turn, a retry to the one after it.
+-- Requests this worker has sent to each replica and not yet seen answered, by address. Module
+-- state is enough: nginx.conf.j2 runs one worker.
+local in_flight_at = {}
+
+local function release(addr)
+  local n = in_flight_at[addr]
+  if n then in_flight_at[addr] = n > 1 and n - 1 or nil end
+end
+
+-- balancer phase: the replica with the fewest requests in flight (Istio's default load balancer
+-- is LEAST_REQUEST), ties going to the first listed. So a lone caller keeps one replica busy
+-- and warm instead of waking each in turn: on the shared 2-core machine a process woken for
+-- every other request spends about twice the CPU on each (docs/benchmarks.md, issue 13). More
+-- callers spread over the replicas as their requests overlap. A retry (a refused or reset
+-- connection) goes to the least busy replica not tried yet. The replica of the current try is
+-- kept in $peer (an nginx variable: it must survive error_page's internal redirect, so log()
+-- can release it).
 function _M.balance()
   local ctx = ngx.ctx
   local peers = ctx.peers
-  if not ctx.tries then
-    ctx.tries = 0
-    turn = turn + 1
-    ctx.first = turn
+  local var = ngx.var
+  local last = var.peer
+  if last == "" then
     if #peers > 1 then balancer.set_more_tries(1) end
   else
+    release(last)
+    ctx.tried = ctx.tried or {}
+    ctx.tried[last] = true
     local _, failure = balancer.get_last_failure()
     if failure and #peers > 1 then
-      -- refused or reset: keep other requests off it until the control process says otherwise
-      local failed = peers[(ctx.first + ctx.tries - 1) % #peers + 1]
-      shared:set("down:" .. failed, true, 1)
+      -- keep other requests off it until the control process says otherwise
+      shared:set("down:" .. last, true, 1)
     end
   end
-  local addr = peers[(ctx.first + ctx.tries) % #peers + 1]
-  ctx.tries = ctx.tries + 1
+  local tried = ctx.tried
+  local addr, least
+  for _, candidate in ipairs(peers) do
+    if not (tried and tried[candidate]) then
+      local n = in_flight_at[candidate] or 0
+      if not least or n < least then addr, least = candidate, n end
+    end
+  end
+  addr = addr or peers[1]  -- every replica tried: nginx stops after set_more_tries anyway
+  in_flight_at[addr] = (in_flight_at[addr] or 0) + 1
+  var.peer = addr
   local endpoint = ctx.endpoints[addr]
   local ok, err = balancer.set_current_peer(endpoint[1], endpoint[2])
   if not ok then ngx.log(ngx.ERR, "set_current_peer ", addr, ": ", err) end
@@ -400,6 +425,7 @@ function _M.log(kind)
   if name == "" then return end  -- refused before a predictor was chosen (bad path, metadata)
   local ctx = ngx.ctx
   if var.counted ~= "" then shared:incr("in_flight:" .. var.counted, -1, 0) end
+  if var.peer ~= "" then release(var.peer) end
   local code = kind == "grpc" and grpc_code() or var.status
   local addrs = var.upstream_addr or ""
   local _, retries = addrs:gsub(",", "")
