@@ -8,6 +8,8 @@ Starts, side by side on free loopback ports:
   tuned     one MLServer on v1 with our settings (ServerSettings.tuned), the compiled model
   stack     the local stack (`serving up`) with the chart's stable and canary predictors (v1 x2
             replicas 90%, v2 10%), no shadow, through the router's Seldon path
+  floor     a bare nginx (no Lua: no split, no metrics) in front of tuned: what any proxy costs
+            on this machine, the floor under the stack's figures (serving.bench.proxy_floor)
 and drives single-row REST requests at 1 and 16 connections with wrk (Debian's, installed with
 apt-get when missing: a load generator that is not part of the project), servers in turn,
 --repeat rounds in alternating order; each figure is the median over the rounds. gRPC (which wrk
@@ -54,7 +56,7 @@ from .driver import Target, run_load
 from .mlserver_bench import log, machine_cpu_s, session_cpu_s
 
 VERSION = "v1"
-SERVERS = ("plain", "defaults", "tuned", "stack")
+SERVERS = ("plain", "defaults", "tuned", "stack", "floor")
 LEVELS = (1, 16)
 TREE_VERSIONS = ("v2", "v3")
 
@@ -192,6 +194,28 @@ def stack(models: Path, workdir: Path) -> Iterator[dict[str, Any]]:
         stop_background(process, timeout=60)
 
 
+@contextmanager
+def bare_nginx(upstream: MLServerProcess, workdir: Path) -> Iterator[tuple[int, int]]:
+    """proxy_floor's bare nginx in front of `upstream`: (REST port, pid)."""
+    from ..router.dataplane import nginx_executable
+    from .proxy_floor import nginx_bare_config, wait_for_port
+
+    workdir.mkdir()
+    rest_port = free_port()
+    settings = upstream.settings
+    (workdir / "nginx.conf").write_text(nginx_bare_config(
+        workdir, f"127.0.0.1:{settings.http_port}", f"127.0.0.1:{settings.grpc_port}",
+        rest_port, free_port()))
+    process = subprocess.Popen([nginx_executable(), "-p", str(workdir), "-c",
+                                str(workdir / "nginx.conf")], start_new_session=True)
+    try:
+        wait_for_port(rest_port, process)
+        yield rest_port, process.pid
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
 # --- model compute per row ------------------------------------------------------------------
 
 @dataclass
@@ -285,6 +309,13 @@ def main(argv: list[str] | None = None) -> int:
                 urls[name] = (f"{server.rest_url}/v2/models/{MODEL_NAME}/infer", _body_v2(row))
                 grpc_targets[name] = Target.grpc(server.grpc_target, MODEL_NAME)
                 cpu[name] = functools.partial(session_cpu_s, server.process.pid)  # type: ignore[union-attr]
+                if name == "tuned" and "floor" in servers:
+                    port, nginx_pid = running.enter_context(bare_nginx(server, work / "floor"))
+                    urls["floor"] = (f"http://127.0.0.1:{port}/v2/models/{MODEL_NAME}/infer",
+                                     _body_v2(row))
+                    server_pid = server.process.pid  # type: ignore[union-attr]
+                    cpu["floor"] = functools.partial(
+                        lambda a, b: session_cpu_s(a) + session_cpu_s(b), server_pid, nginx_pid)
         if "stack" in servers:
             (work / "stack").mkdir()
             state = running.enter_context(stack(args.models, work / "stack"))
@@ -405,6 +436,9 @@ def report(args: argparse.Namespace, results: dict[tuple[str, int], list[WrkResu
                            value <= 1.0))
         if (value := ratio("stack", "tuned", c)) is not None:
             checks.append((f"stack / tuned req/s, {c} conns", value, 0.9, value >= 0.9))
+        if (value := ratio("floor", "tuned", c)) is not None:  # context, not a target
+            efficiency.append(f"floor (bare nginx in front of tuned) / tuned req/s, {c} conns: "
+                              f"{value:.2f}; stack / floor: {ratio('stack', 'floor', c) or math.nan:.2f}")
     for row in compute:
         if row.version in TREE_VERSIONS:
             met = bool(row.speedup and row.speedup >= 20 and row.identical_labels)
@@ -415,7 +449,8 @@ def report(args: argparse.Namespace, results: dict[tuple[str, int], list[WrkResu
               "|---|---:|---:|---|"]
     lines += [f"| {what} | {value:.2f} | {target:g} | {'yes' if met else 'NO'} |"
               for what, value, target, met in checks]
-    lines += ["", "and how much CPU each spends per request (median of per-round ratios):", ""]
+    lines += ["", "context: what a proxy costs, and CPU per request (median of per-round ratios):",
+              ""]
     lines += [f"- {line}" for line in efficiency]
     misses = [what for what, _, _, met in checks if not met]
     return "\n".join(lines), {"checks": [
